@@ -1,0 +1,69 @@
+"""Linear algebra on pytrees of arrays (the vectors the diagnostics work with)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+PyTree = object
+
+
+def tree_add(x: PyTree, y: PyTree) -> PyTree:
+  return jax.tree.map(jnp.add, x, y)
+
+
+def tree_sub(x: PyTree, y: PyTree) -> PyTree:
+  return jax.tree.map(jnp.subtract, x, y)
+
+
+def tree_scale(alpha, x: PyTree) -> PyTree:
+  return jax.tree.map(lambda leaf: (alpha * leaf).astype(leaf.dtype), x)
+
+
+def tree_axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
+  """Returns alpha * x + y."""
+  return jax.tree.map(lambda a, b: (alpha * a + b).astype(b.dtype), x, y)
+
+
+def tree_vdot(x: PyTree, y: PyTree) -> jax.Array:
+  """Inner product <x, y>, accumulated in at least float32."""
+  parts = [jnp.vdot(a, b, preferred_element_type=_acc_dtype(a))
+           for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
+  return sum(parts[1:], parts[0])
+
+
+def tree_norm_sq(x: PyTree) -> jax.Array:
+  return tree_vdot(x, x)
+
+
+def tree_norm(x: PyTree) -> jax.Array:
+  return jnp.sqrt(tree_norm_sq(x))
+
+
+def tree_normalize(x: PyTree) -> PyTree:
+  return tree_scale(1.0 / tree_norm(x), x)
+
+
+def tree_zeros_like(x: PyTree) -> PyTree:
+  return jax.tree.map(jnp.zeros_like, x)
+
+
+def tree_size(x: PyTree) -> int:
+  return sum(leaf.size for leaf in jax.tree.leaves(x))
+
+
+def tree_random_like(key: jax.Array, x: PyTree, kind: str = "normal") -> PyTree:
+  """A random pytree shaped like `x`: 'normal' or 'rademacher' (+-1) entries."""
+  leaves, treedef = jax.tree.flatten(x)
+  keys = jax.random.split(key, len(leaves))
+  if kind == "normal":
+    draw = lambda k, leaf: jax.random.normal(k, leaf.shape, leaf.dtype)
+  elif kind == "rademacher":
+    draw = lambda k, leaf: jax.random.rademacher(k, leaf.shape, leaf.dtype)
+  else:
+    raise ValueError(f"kind must be 'normal' or 'rademacher', got {kind!r}")
+  return jax.tree.unflatten(treedef, [draw(k, leaf) for k, leaf in zip(keys, leaves)])
+
+
+def _acc_dtype(a):
+  return jnp.promote_types(a.dtype, jnp.float32)
