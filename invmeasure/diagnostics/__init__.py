@@ -7,6 +7,12 @@ unchanged on arrays sharded over a `jax.sharding.Mesh`.
     from invmeasure import diagnostics as dg
 """
 
-from invmeasure.diagnostics._tree_math import tree_norm, tree_vdot
+from invmeasure.diagnostics._tree_math import (
+    tree_norm, tree_random_like, tree_vdot)
 from invmeasure.diagnostics.curvature import (
     SharpnessResult, directional_sharpness, hvp, sharpness)
+from invmeasure.diagnostics.gradients import (
+    GradientStats, GradientStatsState, gradient_stats, gradient_stats_accumulate,
+    gradient_stats_finalize, gradient_stats_init, gradient_stats_update)
+from invmeasure.diagnostics.time_average import (
+    TimeAverage, TimeAverageState, TimeAverageSummary, time_average)

@@ -1,0 +1,1 @@
+"""invmeasure.analysis: reading run metrics and drawing the paper's figures."""

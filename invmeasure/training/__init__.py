@@ -1,0 +1,1 @@
+"""invmeasure.training: optimisation loops, their state and their metric output."""
