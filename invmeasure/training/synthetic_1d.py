@@ -110,7 +110,7 @@ def run_gradient_descent(fn: ScalarFn, x0: float, lr: float, num_steps: int) -> 
   return _descend(fn, x0, jnp.asarray(lr, x0.dtype), int(num_steps))
 
 
-def time_average(values: jax.Array) -> jax.Array:
+def cumulative_mean(values: jax.Array) -> jax.Array:
   """Running (Birkhoff) averages: entry t is the mean of values[0], ..., values[t]."""
   values = jnp.asarray(values)
   return jnp.cumsum(values) / jnp.arange(1, values.shape[0] + 1, dtype=values.dtype)
@@ -136,8 +136,8 @@ def _prepare_workdir(workdir: str) -> None:
 
 def metric_rows(trajectory: Trajectory, lr: float, log_every_steps: int = 1) -> list[dict]:
   """The metric rows of one trajectory, one per logged step (step 0 is the start)."""
-  loss_avg = time_average(trajectory.loss)
-  grad_avg = time_average(trajectory.grad_norm)
+  loss_avg = cumulative_mean(trajectory.loss)
+  grad_avg = cumulative_mean(trajectory.grad_norm)
   columns = jax.device_get((trajectory.x, trajectory.loss, trajectory.grad_norm,
                             loss_avg, grad_avg))
   rows = []
