@@ -41,7 +41,7 @@ def flat(tree) -> np.ndarray:
 def dense_hessian(loss_fn, params, batch) -> np.ndarray:
   """The full Hessian of loss_fn at params as a float64 numpy matrix (via jax.hessian)."""
   vec, unravel = ravel_pytree(params)
-  hess = jax.hessian(lambda v: loss_fn(unravel(v), batch))(vec)
+  hess = jax.jit(jax.hessian(lambda v: loss_fn(unravel(v), batch)))(vec)
   return np.asarray(hess, np.float64)
 
 

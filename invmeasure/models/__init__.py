@@ -1,0 +1,1 @@
+"""Flax models and the loss functions that turn them into `loss_fn(params, batch)`."""
