@@ -12,30 +12,43 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from invmeasure.training import synthetic_1d
-from invmeasure.training.errors import ConfigError
+from invmeasure.training import distributed, loop, synthetic_1d
+from invmeasure.training.errors import ConfigError, TrainingError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for config.json, metrics.jsonl and figures/.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for a multi-process job.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'This process, 0..num_processes-1.')
+_DISTRIBUTED_AUTO = flags.DEFINE_bool(
+    'distributed_auto', False, 'Read the cluster from the environment (TPU pod, SLURM).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # checkpointing libraries log every save at INFO
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         _DISTRIBUTED_AUTO.value)
   config = _CONFIG.value
   experiment = config.get('experiment', 'train')
   try:
     if experiment == 'synthetic_1d':
       rows = synthetic_1d.run(config, _WORKDIR.value)
-      logging.info('Wrote %s\n%s', _WORKDIR.value, synthetic_1d.summarize(rows))
+      print(f'Wrote {_WORKDIR.value}\n{synthetic_1d.summarize(rows)}')
+    elif experiment == 'train':
+      row = loop.train_and_evaluate(config, _WORKDIR.value)
+      print(f'Finished {_WORKDIR.value}: ' + ', '.join(
+          f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()))
     else:
-      raise ConfigError(
-          f'config.experiment={experiment!r}: the training driver is not built yet; '
-          'only "synthetic_1d" runs for now')
-  except ConfigError as error:
+      raise ConfigError(f'config.experiment={experiment!r} is unknown; use "train" or '
+                        '"synthetic_1d"')
+  except (ConfigError, TrainingError) as error:
     sys.exit(f'error: {error}')
 
 

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
   The message is one line that names the field or flag and says how to fix it; entry
   points print it without a traceback.
   """
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on (e.g. a non-finite loss); the message says what was kept."""

@@ -1,0 +1,1 @@
+"""Input pipelines: random-access training sets and the batches drawn from them."""

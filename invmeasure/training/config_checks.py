@@ -1,0 +1,65 @@
+"""Checks a training config before anything is written; each problem is one ConfigError."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from invmeasure.data import sources
+from invmeasure.models import registry
+from invmeasure.training import optim
+from invmeasure.training.errors import ConfigError
+
+
+def _positive(value, field: str, kind=float) -> None:
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or (
+      kind is int and int(value) != value):
+    noun = "a positive integer" if kind is int else "a positive number"
+    raise ConfigError(f"config.{field}={value!r} must be {noun}")
+
+
+def check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir} is an existing file; pass a directory "
+                      "(it is created if missing)")
+
+
+def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
+  """Raises ConfigError for the first field that cannot work."""
+  if config.dataset not in sources.DATASETS:
+    raise ConfigError(f"config.dataset={config.dataset!r} is unknown; choose one of "
+                      f"{', '.join(sources.DATASETS)}")
+  if config.model.name not in registry.MODELS:
+    raise ConfigError(f"config.model.name={config.model.name!r} is unknown; choose one of "
+                      f"{', '.join(sorted(registry.MODELS))}")
+  if config.optimizer.name not in optim.OPTIMIZERS:
+    raise ConfigError(f"config.optimizer.name={config.optimizer.name!r} is unknown; "
+                      f"choose one of {', '.join(optim.OPTIMIZERS)}")
+  if config.schedule.name not in optim.SCHEDULES:
+    raise ConfigError(f"config.schedule.name={config.schedule.name!r} is unknown; "
+                      f"choose one of {', '.join(optim.SCHEDULES)}")
+  _positive(config.optimizer.learning_rate, "optimizer.learning_rate")
+  _positive(config.batch_size, "batch_size", int)
+  if config.batch_size % device_count:
+    raise ConfigError(f"config.batch_size={config.batch_size} does not split over "
+                      f"{device_count} devices; use a multiple of {device_count}")
+  if config.get("num_train_steps"):
+    _positive(config.num_train_steps, "num_train_steps", int)
+  else:
+    _positive(config.get("num_epochs"), "num_epochs")
+  if config.optimizer.get("weight_decay", 0.0) < 0:
+    raise ConfigError(f"config.optimizer.weight_decay={config.optimizer.weight_decay} "
+                      "must be >= 0")
+  if not 0 <= config.optimizer.get("momentum", 0.0) < 1:
+    raise ConfigError(f"config.optimizer.momentum={config.optimizer.momentum} must be "
+                      "in [0, 1)")
+  for field in ("log_every_steps", "checkpoint_every_steps"):
+    _positive(config[field], field, int)
+  diag = config.diagnostics
+  if diag.every_steps:
+    _positive(diag.every_steps, "diagnostics.every_steps", int)
+    if diag.num_minibatches < 2:
+      raise ConfigError(f"config.diagnostics.num_minibatches={diag.num_minibatches} must "
+                        "be >= 2 to estimate the gradient noise")
+    _positive(diag.sharpness_iters, "diagnostics.sharpness_iters", int)

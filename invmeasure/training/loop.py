@@ -1,0 +1,258 @@
+"""The training loop: sharded steps, diagnostic rounds, metric rows and checkpoints.
+
+A run is a pure function of its config: the batch of step t and all randomness derive
+from (seed, t), and everything else lives in the checkpointed `RunState`. Restarting the
+same command after a kill resumes from the latest checkpoint, drops the metric rows
+written after it, and produces the same rows and weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from invmeasure.analysis import figures
+from invmeasure.data import batching, sources
+from invmeasure.models import registry
+from invmeasure.training import checkpoints, config_checks, metric_writer, optim, step as step_lib
+from invmeasure.training.errors import ConfigError, TrainingError
+from invmeasure.training.state import RunState, init_run_state
+
+
+def _host(tree):
+  """Values of replicated (possibly multi-process) arrays as numpy."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _keep_rows_up_to(path: str, last_step: int) -> None:
+  """Drops the rows a killed run wrote after its last checkpoint (all, if none)."""
+  if not os.path.exists(path):
+    return
+  rows = [r for r in metric_writer.read_metrics(path) if r["step"] <= last_step]
+  _atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+
+class _Batches:
+  """Global batches of each step, read one step ahead on a background thread."""
+
+  def __init__(self, source, seed: int, batch_size: int, sharding: NamedSharding):
+    self._source, self._seed, self._batch_size, self._sharding = source, seed, batch_size, sharding
+    self._pool = futures.ThreadPoolExecutor(1)
+    self._pending: dict[int, futures.Future] = {}
+
+  def _read(self, indices: np.ndarray) -> dict:
+    local = batching.process_slice(indices, jax.process_index(), jax.process_count())
+    return self._source[local]
+
+  def train(self, step: int) -> dict:
+    future = self._pending.pop(step, None) or self._pool.submit(self._read, self._indices(step))
+    self._pending[step + 1] = self._pool.submit(self._read, self._indices(step + 1))
+    return self._to_global(future.result())
+
+  def diagnostic(self, step: int, num_minibatches: int, sharding: NamedSharding) -> dict:
+    indices = batching.diagnostic_indices(self._seed, step, num_minibatches, self._batch_size,
+                                          len(self._source))
+    return self._to_global(self._read(indices), sharding)
+
+  def _indices(self, step: int) -> np.ndarray:
+    return batching.train_indices(self._seed, step, self._batch_size, len(self._source))
+
+  def _to_global(self, local: dict, sharding: NamedSharding | None = None) -> dict:
+    sharding = sharding or self._sharding
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+  def close(self) -> None:
+    self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains as `config` says, measuring the diagnostics; returns the last metric row."""
+  config_checks.check_workdir(workdir)
+  config_checks.check_config(config, jax.device_count())
+  source = sources.load_source(config.dataset, "train", config.get("data_dir"))
+  num_examples = len(source)
+  steps_per_epoch = batching.steps_per_epoch(num_examples, config.batch_size)
+  if steps_per_epoch < 1:
+    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {num_examples} "
+                      f"training examples of {config.dataset}")
+  num_steps = config.get("num_train_steps") or int(round(config.num_epochs * steps_per_epoch))
+
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+
+  schedule = optim.make_schedule(config, steps_per_epoch, num_steps)
+  tx = optim.make_optimizer(config, schedule)
+  example = source[np.arange(1)]
+  model = registry.make_model(config.model, num_classes=int(config.num_classes))
+  task = step_lib.ImageTask(model=model, tx=tx, dataset=config.dataset,
+                            augmentation=config.get("augmentation", "none"),
+                            weight_decay=float(config.optimizer.get("weight_decay", 0.0)),
+                            seed=int(config.seed))
+
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+  stacked_sharding = NamedSharding(mesh, P(None, "data"))
+
+  init = jax.jit(lambda key: init_run_state(
+      model, tx, task.preprocess(jnp.asarray(example["image"]), None), key),
+      out_shardings=replicated)
+  state = init(jax.random.key(config.seed))
+  checkpointer = checkpoints.Checkpointer(workdir)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state = checkpointer.restore(state, latest)
+  start = int(_host(state.step))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if jax.process_index() == 0:
+    _keep_rows_up_to(metrics_path, start if latest is not None else -1)
+
+  train_step = jax.jit(step_lib.make_train_step(task), in_shardings=(replicated, batch_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  diag_cfg = config.diagnostics
+  diagnostic_round = jax.jit(
+      step_lib.make_diagnostic_round(task, num_iters=int(diag_cfg.sharpness_iters),
+                                     tol=float(diag_cfg.get("sharpness_tol", 0.0))),
+      in_shardings=(replicated, stacked_sharding), out_shardings=(replicated, replicated))
+  all_finite = jax.jit(
+      lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])),
+      out_shardings=replicated)
+  reset_sums = jax.jit(_reset_sums, static_argnums=1, out_shardings=replicated,
+                       donate_argnums=0)
+
+  batches = _Batches(source, int(config.seed), int(config.batch_size), batch_sharding)
+  writer = metric_writer.MetricWriter(metrics_path) if jax.process_index() == 0 else None
+  tensorboard = _tensorboard(workdir)
+  preemption = _Preemption()
+  progress = _progress(start, num_steps)
+  last_row: dict = {}
+
+  def measure(state: RunState, done: int) -> tuple[RunState, dict]:
+    minibatches = batches.diagnostic(done, int(diag_cfg.num_minibatches), stacked_sharding)
+    row, vector = diagnostic_round(state, minibatches)
+    return state._replace(sharpness_vector=vector), _host(row)
+
+  def emit(row: dict, done: int) -> None:
+    nonlocal last_row
+    row = {"step": done, "epoch": done / steps_per_epoch,
+           "lr": float(schedule(max(done - 1, 0))), **row}
+    row = {k: v.item() if isinstance(v, np.ndarray) else v for k, v in row.items()}
+    bad = [k for k, v in row.items() if isinstance(v, float) and k.endswith("loss")
+           and not math.isfinite(v)]
+    if bad:
+      raise TrainingError(
+          f"non-finite {bad[0]}={row[bad[0]]} at step {done}; stopped. The last good "
+          f"checkpoint (step {checkpointer.latest_step()}) is kept in "
+          f"{workdir}/checkpoints; lower config.optimizer.learning_rate and rerun")
+    if writer:
+      writer.write(row)
+    if tensorboard:
+      for name, value in row.items():
+        if name not in ("step", "epoch") and isinstance(value, (int, float)):
+          tensorboard.add_scalar(name, value, done)
+    last_row = row
+
+  try:
+    if start == 0 and diag_cfg.every_steps:
+      state, row = measure(state, 0)
+      emit(row, 0)
+    for step in range(start, num_steps):
+      state, _ = train_step(state, batches.train(step))
+      done = step + 1
+      row = {}
+      if done % config.log_every_steps == 0 or done == num_steps:
+        sums = _host(state.sums)
+        row["train_loss"] = float(sums["log_loss"] / sums["log_count"])
+        state = reset_sums(state, "log")
+      if done % steps_per_epoch == 0:
+        sums = _host(state.sums)
+        row["epoch_avg_train_loss"] = float(sums["epoch_loss"] / sums["epoch_count"])
+        state = reset_sums(state, "epoch")
+      epoch_end_round = done % steps_per_epoch == 0 and diag_cfg.get("at_epoch_end", False)
+      if diag_cfg.every_steps and (done % diag_cfg.every_steps == 0 or epoch_end_round
+                                   or done == num_steps):
+        state, measured = measure(state, done)
+        row.update(measured)
+      if row:
+        emit(row, done)
+        if progress is not None:
+          progress.set_postfix(loss=f"{row.get('train_loss', float('nan')):.4f}", refresh=False)
+      if done % config.checkpoint_every_steps == 0 or done == num_steps or preemption.requested:
+        if not bool(_host(all_finite(state.params))):
+          raise TrainingError(
+              f"non-finite weights at step {done}; stopped without saving them. The last "
+              f"good checkpoint (step {checkpointer.latest_step()}) is kept; lower "
+              "config.optimizer.learning_rate and rerun")
+        checkpointer.save(state, done)
+      if progress is not None:
+        progress.update(1)
+      if preemption.requested:
+        checkpointer.wait()
+        raise TrainingError(f"preempted (SIGTERM) after step {done}; checkpoint saved; "
+                            "rerun the same command to resume")
+  finally:
+    checkpointer.close()
+    batches.close()
+    if writer:
+      writer.close()
+    if tensorboard:
+      tensorboard.close()
+    if progress is not None:
+      progress.close()
+  if jax.process_index() == 0:
+    figures.write_figures([workdir], os.path.join(workdir, "figures"))
+  return last_row
+
+
+def _reset_sums(state: RunState, which: str) -> RunState:
+  sums = dict(state.sums)
+  sums[f"{which}_loss"] = jnp.zeros_like(sums[f"{which}_loss"])
+  sums[f"{which}_count"] = jnp.zeros_like(sums[f"{which}_count"])
+  return state._replace(sums=sums)
+
+
+def _tensorboard(workdir: str):
+  """TensorBoard event files in workdir/tensorboard (process 0 only)."""
+  if jax.process_index() != 0:
+    return None
+  import tensorboardX
+  return tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+
+def _progress(start: int, total: int):
+  if jax.process_index() != 0:
+    return None
+  import tqdm
+  return tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                   file=sys.stderr, mininterval=1.0)

@@ -1,0 +1,219 @@
+"""The training driver end to end: rows, exact resume after SIGKILL, SIGTERM, devices,
+processes, divergence and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from invmeasure.training import metric_writer
+
+# The runs inherit XLA_FLAGS from tests/conftest.py: 8 simulated devices unless set.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A run long enough to be killed in the middle: 120 steps, rows every 2 steps.
+LONG = ["--config.num_train_steps=120", "--config.checkpoint_every_steps=20",
+        "--config.diagnostics.every_steps=10"]
+
+
+def command(workdir, *overrides, config="configs/quickstart.py:tiny"):
+  return [sys.executable, "-m", "experiments.run", f"--config={config}",
+          f"--workdir={workdir}", *overrides]
+
+
+def run(workdir, *overrides, env=None, check=True, **kwargs):
+  result = subprocess.run(command(workdir, *overrides, **kwargs), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  if check:
+    assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def rows(workdir):
+  return metric_writer.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+
+
+def final_params(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
+  with ocp.CheckpointManager(directory) as manager:
+    restored = manager.restore(step, args=ocp.args.StandardRestore())
+  return step, restored
+
+
+def assert_same_params(a, b):
+  leaves_a, leaves_b = (sorted(_flatten(x).items()) for x in (a, b))
+  assert [k for k, _ in leaves_a] == [k for k, _ in leaves_b]
+  for (name, x), (_, y) in zip(leaves_a, leaves_b):
+    assert np.array_equal(np.asarray(x), np.asarray(y)), name
+
+
+def _flatten(tree, prefix=""):
+  if isinstance(tree, (dict, list, tuple)):
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    out = {}
+    for key, value in items:
+      out.update(_flatten(value, f"{prefix}/{key}"))
+    return out
+  return {prefix: tree}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted run of the LONG tiny config."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  run(workdir, *LONG)
+  return workdir
+
+
+def test_rows_follow_the_metrics_contract(reference):
+  table = rows(reference)
+  assert table[0]["step"] == 0 and "grad_norm" in table[0] and "train_loss" not in table[0]
+  steps = [r["step"] for r in table]
+  assert steps == sorted(set(steps)), "rows are ordered and never duplicated"
+  train_rows = [r for r in table if "train_loss" in r]
+  assert [r["step"] for r in train_rows] == list(range(2, 121, 2))
+  diag_rows = [r for r in table if "grad_norm" in r]
+  assert [r["step"] for r in diag_rows] == list(range(0, 121, 10))
+  for r in diag_rows:
+    for field in ("full_loss", "grad_norm", "objective_grad_norm", "noise_norm", "sharpness",
+                  "update_sharpness", "weight_norm", "distance_from_init", "lr", "epoch"):
+      assert np.isfinite(r[field]), field
+  # Epochs are optimizer steps over steps per epoch (1500 digits // 32 = 46).
+  assert all(abs(r["epoch"] - r["step"] / 46) < 1e-12 for r in table)
+  assert any("epoch_avg_train_loss" in r for r in table)
+  config = json.load(open(os.path.join(reference, "config.json")))
+  assert config["num_train_steps"] == 120 and config["dataset"] == "digits"
+  assert os.listdir(os.path.join(reference, "tensorboard"))
+
+
+def _kill_when(process, workdir, min_step):
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(path):
+      done = [r["step"] for r in metric_writer.read_metrics(path)]
+      if done and done[-1] >= min_step:
+        break
+    time.sleep(0.005)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+
+
+def test_sigkill_at_any_moment_then_resume_gives_identical_rows_and_weights(reference, tmp_path):
+  workdir = str(tmp_path / "killed")
+  rng = np.random.default_rng()
+  for min_step in sorted(rng.integers(4, 110, size=2)):
+    process = subprocess.Popen(command(workdir, *LONG), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    _kill_when(process, workdir, int(min_step))
+  run(workdir, *LONG)
+  assert rows(workdir) == rows(reference)
+  step, params = final_params(workdir)
+  ref_step, ref_params = final_params(reference)
+  assert step == ref_step == 120
+  assert_same_params(params, ref_params)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_continues(reference, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  process = subprocess.Popen(command(workdir, *LONG), cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  path = os.path.join(workdir, "metrics.jsonl")
+  while process.poll() is None and not (os.path.exists(path) and len(rows(workdir)) >= 8):
+    time.sleep(0.005)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  if process.returncode != 0:  # it was still training when the signal came
+    assert "preempted (SIGTERM)" in stderr and "Traceback" not in stderr
+    saved = rows(workdir)[-1]["step"]
+    assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
+  run(workdir, *LONG)
+  assert rows(workdir) == rows(reference)
+
+
+def test_one_device_matches_eight(reference, tmp_path):
+  one_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  run(str(tmp_path / "one"), *LONG, env=one_env)
+  assert_rows_close(rows(str(tmp_path / "one")), rows(reference))
+
+
+def assert_rows_close(a, b, rtol=2e-4):
+  assert [r["step"] for r in a] == [r["step"] for r in b]
+  for ra, rb in zip(a, b):
+    assert ra.keys() == rb.keys()
+    for key in ra:
+      np.testing.assert_allclose(ra[key], rb[key], rtol=rtol, atol=1e-6,
+                                 err_msg=f"{key} at step {ra['step']}")
+
+
+def test_two_processes_of_four_devices_match_one_process_of_eight(reference, tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  workdir = str(tmp_path / "two")
+  port = 20000 + int(np.random.default_rng().integers(10000))
+  flags = [f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen(command(workdir, *LONG, *flags, f"--process_id={i}"), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert_rows_close(rows(workdir), rows(reference))
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "diverged")
+  result = run(workdir, "--config.optimizer.learning_rate=1e4", check=False)
+  assert result.returncode == 1
+  assert "non-finite" in result.stderr and "Traceback" not in result.stderr
+  kept = os.listdir(os.path.join(workdir, "checkpoints"))
+  for name in kept:
+    if name.isdigit():
+      step, params = final_params(workdir)
+      floats = [np.asarray(v) for v in _flatten(params).values()
+                if np.issubdtype(np.asarray(v).dtype, np.floating)]
+      assert floats and all(np.isfinite(v).all() for v in floats)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.dataset=mnist", "config.dataset='mnist' is unknown"),
+    ("--config.model.name=vgg", "config.model.name='vgg' is unknown"),
+    ("--config.optimizer.name=lbfgs", "config.optimizer.name='lbfgs' is unknown"),
+    ("--config.schedule.name=linear", "config.schedule.name='linear' is unknown"),
+    ("--config.optimizer.learning_rate=-0.1", "config.optimizer.learning_rate=-0.1 must be a positive"),
+    ("--config.batch_size=-4", "config.batch_size=-4 must be a positive integer"),
+    ("--config.batch_size=12", "config.batch_size=12 does not split over 8 devices"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, expected):
+  from invmeasure.training import loop
+  from invmeasure.training.errors import ConfigError
+  import configs.quickstart as quickstart
+  config = quickstart.get_config("tiny")
+  field, value = override[len("--config."):].split("=")
+  target = config
+  *parents, leaf = field.split(".")
+  for parent in parents:
+    target = target[parent]
+  target[leaf] = type(target[leaf])(value) if not isinstance(target[leaf], str) else value
+  workdir = str(tmp_path / "never")
+  with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")) as info:
+    loop.train_and_evaluate(config, workdir)
+  assert "\n" not in str(info.value)
+  assert not os.path.exists(workdir)
+
+
+def test_bad_input_from_the_command_line_prints_one_line(tmp_path):
+  result = run(str(tmp_path / "never"), "--config.optimizer.name=lbfgs", check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("error: config.optimizer.name")
+  assert "Traceback" not in result.stderr
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  result = run(str(afile), check=False)
+  assert result.returncode == 1 and "is an existing file" in result.stderr
+  assert "Traceback" not in result.stderr
