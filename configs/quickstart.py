@@ -27,7 +27,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.0
 
   config.batch_size = 32  # global batch, split over the devices
-  config.num_epochs = 60  # num_train_steps = num_epochs * (1500 // batch_size)
+  config.num_epochs = 200  # num_train_steps = num_epochs * (1500 // batch_size)
   config.num_train_steps = 0  # when > 0, overrides num_epochs
 
   config.optimizer = ml_collections.ConfigDict()
@@ -44,14 +44,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.schedule.warmup_epochs = 0.0  # linear warmup from 0
 
   config.diagnostics = ml_collections.ConfigDict()
-  config.diagnostics.every_steps = 94  # a diagnostic round every this many steps (0: never)
-  config.diagnostics.at_epoch_end = False  # also at every epoch's end
-  config.diagnostics.num_minibatches = 8  # K training-size minibatches per round
+  config.diagnostics.every_steps = 46  # a diagnostic round every this many steps (0: never)
+  config.diagnostics.at_epoch_end = True  # also at every epoch's end (paper eq. 3)
+  config.diagnostics.num_minibatches = 16  # K training-size minibatches per round
   config.diagnostics.sharpness_iters = 5  # power iterations (the paper: 5 to 10)
   config.diagnostics.sharpness_tol = 0.0  # early stop on relative change (0: run all)
 
-  config.log_every_steps = 47  # a training row (mean minibatch loss) every this many steps
-  config.checkpoint_every_steps = 470
+  config.log_every_steps = 46  # a training row (mean minibatch loss) every this many steps
+  config.checkpoint_every_steps = 920
 
   if arg == "tiny":
     config.num_train_steps = 12

@@ -1,10 +1,16 @@
-"""Test-session set-up: 8 simulated CPU devices for the sharding tests.
+"""Test-session set-up, done before anything imports jax.
 
-XLA reads the flag when the backend starts, so it is set before anything imports jax.
+- 8 simulated CPU devices for the sharding tests (XLA reads the flag at start-up).
+- A persistent compilation cache shared by the test processes and the runs they start,
+  so the many short end-to-end runs compile each program once.
 """
 
 import os
+import tempfile
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "invmeasure-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
