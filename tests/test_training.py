@@ -217,3 +217,26 @@ def test_bad_input_from_the_command_line_prints_one_line(tmp_path):
   result = run(str(afile), check=False)
   assert result.returncode == 1 and "is an existing file" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_no_recompilation_after_the_first_step_and_round(tmp_path):
+  """A longer run lowers exactly the programs a shorter one does: nothing per step.
+
+  The first run also lowers the eager operations it is the first to use, so the
+  comparison is between the second and third runs.
+  """
+  import jax
+  from invmeasure.training import loop
+  import configs.quickstart as quickstart
+  lowerings = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, _, **kw: lowerings.append(event)
+      if event == "/jax/core/compile/jaxpr_to_mlir_module_duration" else None)
+  counts = []
+  for steps in (8, 16, 40):
+    config = quickstart.get_config("tiny")
+    config.num_train_steps = steps
+    before = len(lowerings)
+    loop.train_and_evaluate(config, str(tmp_path / f"run{steps}"))
+    counts.append(len(lowerings) - before)
+  assert counts[1] == counts[2], counts
