@@ -35,8 +35,6 @@ def read_rows(workdir):
     return [json.loads(line) for line in f]
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "TfdsSource.__getitem__ takes only 1-D indices; the diagnostic round reads [K, B]"))
 def test_tiny_config_trains_measures_and_checkpoints(mock_cifar10, tmp_path):
   config = cifar10_resnet18.get_config("tiny")
   workdir = str(tmp_path / "run")

@@ -52,8 +52,11 @@ class TfdsSource:
     return len(self._source)
 
   def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    examples = self._source.__getitems__([int(i) for i in indices])
-    return {f: np.stack([np.asarray(ex[f]) for ex in examples]) for f in self._features}
+    """Examples at `indices` (any shape), stacked as indices.shape + feature shape."""
+    indices = np.asarray(indices)
+    examples = self._source.__getitems__([int(i) for i in indices.reshape(-1)])
+    return {f: np.stack([np.asarray(ex[f]) for ex in examples]).reshape(
+        indices.shape + np.shape(examples[0][f])) for f in self._features}
 
 
 def digits(split: str) -> ArraySource:

@@ -79,20 +79,55 @@ class _Batches:
     self._pending[step + 1] = self._pool.submit(self._read, self._indices(step + 1))
     return self._to_global(future.result())
 
-  def diagnostic(self, step: int, num_minibatches: int, sharding: NamedSharding) -> dict:
+  def diagnostic(self, step: int, num_minibatches: int) -> list[dict]:
+    """The fresh minibatches of the diagnostic round at `step`, one global batch each."""
     indices = batching.diagnostic_indices(self._seed, step, num_minibatches, self._batch_size,
                                           len(self._source))
-    return self._to_global(self._read(indices), sharding)
+    return [self._to_global(self._read(row)) for row in indices]
 
   def _indices(self, step: int) -> np.ndarray:
     return batching.train_indices(self._seed, step, self._batch_size, len(self._source))
 
-  def _to_global(self, local: dict, sharding: NamedSharding | None = None) -> dict:
-    sharding = sharding or self._sharding
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+  def _to_global(self, local: dict) -> dict:
+    return {k: jax.make_array_from_process_local_data(self._sharding, v)
+            for k, v in local.items()}
 
   def close(self) -> None:
     self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _DiagnosticRound:
+  """Runs the jitted pieces of a diagnostic round: K gradients, then power iteration.
+
+  With `tol` > 0 the power iteration stops early once the eigenvalue's relative change
+  is below it (one host read per iteration); with 0 it runs `num_iters` without waiting.
+  """
+
+  def __init__(self, fns: step_lib.DiagnosticFns, replicated: NamedSharding,
+               num_iters: int, tol: float):
+    # Inputs arrive placed (state replicated, minibatches split over 'data'); outputs
+    # are replicated so the next call and the checkpoint see the same layout.
+    self._init = jax.jit(fns.init, out_shardings=replicated)
+    self._accumulate = jax.jit(fns.accumulate, out_shardings=replicated)
+    self._power_step = jax.jit(fns.power_step, out_shardings=replicated)
+    self._summarize = jax.jit(fns.summarize, out_shardings=replicated)
+    self._num_iters, self._tol = num_iters, tol
+
+  def __call__(self, state: RunState, minibatches: list[dict]) -> tuple[dict, object]:
+    acc = self._init(state)
+    for minibatch in minibatches:
+      acc = self._accumulate(state, acc, minibatch)
+    first, vector, previous = minibatches[0], state.sharpness_vector, None
+    for done in range(1, self._num_iters + 1):
+      eigenvalue, vector, residual = self._power_step(state, vector, first)
+      if self._tol > 0:
+        value = float(_host(eigenvalue))
+        if previous is not None and abs(value - previous) <= self._tol * abs(value):
+          break
+        previous = value
+    row = _host(self._summarize(state, acc, first, eigenvalue, residual))
+    row["sharpness_iters"] = done
+    return row, vector
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -123,7 +158,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
-  stacked_sharding = NamedSharding(mesh, P(None, "data"))
 
   init = jax.jit(lambda key: init_run_state(
       model, tx, task.preprocess(jnp.asarray(example["image"]), None), key),
@@ -141,10 +175,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = jax.jit(step_lib.make_train_step(task), in_shardings=(replicated, batch_sharding),
                        out_shardings=(replicated, replicated), donate_argnums=0)
   diag_cfg = config.diagnostics
-  diagnostic_round = jax.jit(
-      step_lib.make_diagnostic_round(task, num_iters=int(diag_cfg.sharpness_iters),
-                                     tol=float(diag_cfg.get("sharpness_tol", 0.0))),
-      in_shardings=(replicated, stacked_sharding), out_shardings=(replicated, replicated))
+  diagnostic_round = _DiagnosticRound(step_lib.make_diagnostic_fns(task), replicated,
+                                      int(diag_cfg.sharpness_iters),
+                                      float(diag_cfg.get("sharpness_tol", 0.0)))
   all_finite = jax.jit(
       lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])),
       out_shardings=replicated)
@@ -159,9 +192,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   last_row: dict = {}
 
   def measure(state: RunState, done: int) -> tuple[RunState, dict]:
-    minibatches = batches.diagnostic(done, int(diag_cfg.num_minibatches), stacked_sharding)
+    minibatches = batches.diagnostic(done, int(diag_cfg.num_minibatches))
     row, vector = diagnostic_round(state, minibatches)
-    return state._replace(sharpness_vector=vector), _host(row)
+    return state._replace(sharpness_vector=vector), row
 
   def emit(row: dict, done: int) -> None:
     nonlocal last_row

@@ -8,7 +8,7 @@ nothing but the state and the batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -71,40 +71,65 @@ def make_train_step(task: ImageTask) -> Callable[[RunState, dict], tuple[RunStat
   return train_step
 
 
-def make_diagnostic_round(task: ImageTask, *, num_iters: int, tol: float
-                          ) -> Callable[[RunState, dict], tuple[dict, Any]]:
+class DiagnosticFns(NamedTuple):
+  """The pieces of a diagnostic round; the loop jits each and drives them from Python.
+
+  Separate calls, not one program with loops inside: XLA:CPU runs backward convolutions
+  inside loops slowly, and unrolling them makes compile time grow with K and the number
+  of power iterations. Each piece compiles once, whatever K and the iterations are.
+  """
+  init: Callable        # (state) -> gradient statistics accumulator
+  accumulate: Callable  # (state, acc, minibatch) -> acc, one more minibatch gradient
+  power_step: Callable  # (state, vector, minibatch) -> (eigenvalue, vector, residual)
+  summarize: Callable   # (state, acc, minibatch, eigenvalue, residual) -> metric row
+
+
+def make_diagnostic_fns(task: ImageTask) -> DiagnosticFns:
   """Measures the paper's quantities at the current weights on K fresh minibatches.
 
   The minibatches are un-augmented training images. The loss is the training-mode
   function (BatchNorm on each minibatch's own statistics, running averages untouched,
-  one fixed dropout mask), i.e. the function whose gradient SGD follows. Sharpness is
-  measured on the first minibatch, warm-started from the previous round's eigenvector.
+  one fixed dropout mask per round), i.e. the function whose gradient SGD follows.
+  Sharpness is measured on the first minibatch, warm-started from the previous round's
+  eigenvector.
   """
   base_key = jax.random.key(task.seed + 1)
 
-  def diagnostic_round(state: RunState, batches: dict) -> tuple[dict, Any]:
+  def loss_and_batch(state: RunState, minibatch: dict):
     key = jax.random.fold_in(base_key, state.step)
-    batches = {"image": task.preprocess(batches["image"], None), "label": batches["label"]}
     loss_fn = losses.linen_loss_fn(task.model, state.model_state, train=True, dropout_key=key)
+    return loss_fn, {"image": task.preprocess(minibatch["image"], None),
+                     "label": minibatch["label"]}
+
+  def init(state: RunState):
+    return dg.gradient_stats_init(state.params)
+
+  def accumulate(state: RunState, acc, minibatch: dict):
+    loss_fn, batch = loss_and_batch(state, minibatch)
+    return dg.gradient_stats_update(loss_fn, acc, state.params, batch)
+
+  def power_step(state: RunState, vector, minibatch: dict):
+    loss_fn, batch = loss_and_batch(state, minibatch)
+    top = dg.sharpness(loss_fn, state.params, batch, init=vector, num_iters=1)
+    return top.eigenvalue, top.eigenvector, top.residual
+
+  def summarize(state: RunState, acc, minibatch: dict, eigenvalue, residual) -> dict:
+    loss_fn, first = loss_and_batch(state, minibatch)
     params = state.params
-    stats = dg.gradient_stats(loss_fn, params, batches)
-    first = jax.tree.map(lambda b: b[0], batches)
-    top = dg.sharpness(loss_fn, params, first, init=state.sharpness_vector,
-                       num_iters=num_iters, tol=tol)
+    stats = dg.gradient_stats_finalize(acc)
     minibatch_grad = jax.grad(loss_fn)(params, first)
     update, _ = task.tx.update(minibatch_grad, state.opt_state, params)
     objective_grad = jax.tree.map(lambda g, p: g + task.weight_decay * p,
                                   stats.mean_gradient, params)
-    row = {
+    return {
         "full_loss": stats.loss,
         "grad_norm": stats.grad_norm,
         "objective_grad_norm": dg.tree_norm(objective_grad),
         "noise_norm": stats.noise_norm,
         "grad_norm_sq_unbiased": stats.grad_norm_sq_unbiased,
         "noise_norm_sq_unbiased": stats.noise_norm_sq_unbiased,
-        "sharpness": top.eigenvalue,
-        "sharpness_residual": top.residual,
-        "sharpness_iters": top.num_iters,
+        "sharpness": eigenvalue,
+        "sharpness_residual": residual,
         "update_sharpness": dg.directional_sharpness(loss_fn, params, first, update),
         "gradient_sharpness": dg.directional_sharpness(loss_fn, params, first,
                                                        stats.mean_gradient),
@@ -113,6 +138,5 @@ def make_diagnostic_round(task: ImageTask, *, num_iters: int, tol: float
         "distance_from_init": dg.tree_norm(jax.tree.map(jnp.subtract, params, state.init_params)),
         "update_norm": state.sums["update_norm"],
     }
-    return row, top.eigenvector
 
-  return diagnostic_round
+  return DiagnosticFns(init, accumulate, power_step, summarize)
