@@ -142,10 +142,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       f"training examples of {config.dataset}")
   num_steps = config.get("num_train_steps") or int(round(config.num_epochs * steps_per_epoch))
 
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
-
   schedule = optim.make_schedule(config, steps_per_epoch, num_steps)
   tx = optim.make_optimizer(config, schedule)
   example = source[np.arange(1)]
@@ -154,6 +150,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             augmentation=config.get("augmentation", "none"),
                             weight_decay=float(config.optimizer.get("weight_decay", 0.0)),
                             seed=int(config.seed))
+
+  # Everything above may reject the config; only now is anything written.
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, P())
