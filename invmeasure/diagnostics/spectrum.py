@@ -1,0 +1,421 @@
+"""The Hessian's spectrum: Hutchinson trace, Lanczos eigenvalues and spectral density.
+
+All three are built on Hessian-vector products of the minibatch loss.
+- `hessian_trace`: Hutchinson's estimator, tr(H) = E[z^T H z] for Rademacher z.
+- `lanczos`: tridiagonalisation T = V^T H V on a Krylov basis V, with full
+  reorthogonalisation. The eigenvalues of T (Ritz values) approximate the extreme
+  eigenvalues of H first; `top_hessian_eigenvalues` returns the largest k.
+- `spectral_density`: stochastic Lanczos quadrature (Ghorbani, Krishnan and Xiao, 2019).
+  Lanczos from a unit probe v turns v^T f(H) v into the Gauss quadrature
+  sum_j w_j f(node_j), nodes the Ritz values and w_j the squared first components of
+  T's eigenvectors. Averaged over probes, dim * sum_j w_j f(node_j) estimates tr(f(H))
+  (`slq_trace`) and the nodes smoothed by Gaussians give the spectral density
+  (`density_on_grid`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from invmeasure.diagnostics import _checks
+from invmeasure.diagnostics import _loops
+from invmeasure.diagnostics import _tree_math as tm
+from invmeasure.diagnostics.curvature import _as_tangent, _hvp
+
+LossFn = Callable[..., jax.Array]
+
+
+class TraceResult(NamedTuple):
+  """A Monte Carlo trace estimate."""
+  estimate: jax.Array     # mean of the per-probe estimates
+  stderr: jax.Array       # sample standard deviation / sqrt(num_samples); NaN for one
+  num_samples: jax.Array  # probes averaged
+
+
+class LanczosResult(NamedTuple):
+  """Lanczos tridiagonalisation T = V^T H V of the Hessian.
+
+  When `num_iters` exceeds the number of parameters, only that many directions exist:
+  the entries past it are padding (alphas and ritz_values repeat the smallest Ritz
+  value, betas are 0, Ritz vectors are 0), so T's eigenvalues are still `ritz_values`.
+  """
+  alphas: jax.Array       # [num_iters] diagonal of T
+  betas: jax.Array        # [num_iters - 1] off-diagonal of T, >= 0
+  ritz_values: jax.Array  # [num_iters] eigenvalues of T, sorted descending
+  ritz_vectors: object    # pytree like params with a leading axis top_k, or None
+
+
+class HessianEigenpairs(NamedTuple):
+  """The largest Hessian eigenvalues (descending) and, if asked, their eigenvectors."""
+  eigenvalues: jax.Array  # [k]
+  eigenvectors: object    # unit pytree like params with a leading axis k, or None
+
+
+class SpectralDensity(NamedTuple):
+  """Stochastic Lanczos quadrature rules, one per probe.
+
+  For probe p, sum_j weights[p, j] f(nodes[p, j]) approximates v_p^T f(H) v_p with
+  v_p the unit probe; each row of `weights` sums to 1.
+  """
+  nodes: jax.Array    # [num_probes, num_iters] Ritz values
+  weights: jax.Array  # [num_probes, num_iters] squared first components, >= 0
+
+
+def hessian_trace(loss_fn: LossFn, params, batch, *, key: jax.Array, num_samples: int,
+                  unroll: bool | None = None) -> TraceResult:
+  """Hutchinson estimate of tr(H), the Hessian trace of the minibatch loss.
+
+  Averages z^T H z over `num_samples` Rademacher probes z (entries +-1), whose
+  variance 2 sum_{i != j} H_ij^2 is the smallest of any probe with i.i.d. unit-variance
+  entries. Probe i is drawn from `jax.random.fold_in(key, i)`.
+
+  Args:
+    loss_fn: `loss_fn(params, batch) -> scalar` mean minibatch loss.
+    params: any pytree of floating-point arrays.
+    batch: what `loss_fn` takes.
+    key: PRNG key for the probes.
+    num_samples: number of probes (one Hessian-vector product each), >= 1. With a
+      single probe the standard error is NaN.
+    unroll: unroll the probe loop into straight-line code (default: on CPU, where XLA
+      runs backward convolutions inside loops slowly).
+
+  Returns:
+    `TraceResult` with the estimate and its standard error.
+  """
+  _checks.check_params(params)
+  _checks.check_scalar_loss(loss_fn, params, batch)
+  _check_count("num_samples", num_samples)
+  acc = _acc_dtype(params)
+
+  def body(i, samples):
+    probe = tm.tree_random_like(jax.random.fold_in(key, i), params, "rademacher")
+    quad = tm.tree_vdot(probe, _hvp(loss_fn, params, batch, probe))
+    return samples.at[i].set(quad.astype(acc))
+
+  samples = _loops.fori_loop(num_samples, body, jnp.zeros((num_samples,), acc),
+                             unroll=_loops.resolve_unroll(unroll))
+  return _mean_and_stderr(samples)
+
+
+def lanczos(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None, init=None,
+            num_iters: int, top_k: int = 1, return_vectors: bool = False,
+            unroll: bool | None = None) -> LanczosResult:
+  """Lanczos tridiagonalisation of the Hessian of the minibatch loss.
+
+  Builds an orthonormal basis v_0..v_{m-1} of the Krylov space of H from a start
+  vector, reorthogonalising every new vector against all previous ones (twice, so the
+  basis stays orthonormal to working precision and no spurious copies of converged
+  eigenvalues appear). The basis is kept as a pytree like `params` with a leading axis
+  of size `num_iters`: memory is num_iters times the parameters.
+
+  Breakdown: if the Krylov space becomes invariant (its residual vanishes, e.g. when
+  the Hessian's rank is below `num_iters`), the iteration restarts from a new
+  direction orthogonal to the basis, and the coupling of that direction to the old
+  residual is kept as the off-diagonal entry, so T = V^T H V still holds and the Ritz
+  values stay correct. Iterations past the number of parameters are masked (see
+  `LanczosResult`). Nothing becomes NaN.
+
+  Args:
+    loss_fn: `loss_fn(params, batch) -> scalar` mean minibatch loss.
+    params: any pytree of floating-point arrays.
+    batch: what `loss_fn` takes.
+    key: PRNG key for a random Gaussian start (used when `init` is None).
+    init: a nonzero start vector, a pytree like `params`.
+    num_iters: Hessian-vector products, the size m of T, >= 1.
+    top_k: number of Ritz vectors (largest Ritz values first) to return.
+    return_vectors: also return the top-k Ritz vectors (memory: top_k times params).
+    unroll: unroll the iterations into straight-line code (default: on CPU, where XLA
+      runs backward convolutions inside loops slowly).
+
+  Returns:
+    `LanczosResult`: T's coefficients, its eigenvalues (descending) and optionally the
+    top-k Ritz vectors.
+  """
+  _checks.check_params(params)
+  _checks.check_scalar_loss(loss_fn, params, batch)
+  _check_count("num_iters", num_iters)
+  if return_vectors:
+    _check_count("top_k", top_k)
+    if top_k > num_iters:
+      raise ValueError(f"top_k must be <= num_iters, got top_k={top_k} > {num_iters}")
+  if init is None:
+    if key is None:
+      raise ValueError("lanczos needs a start: pass key= (random start) or init= (given start)")
+    init = tm.tree_random_like(key, params)
+  init = _as_tangent(params, init)
+
+  alphas, betas, basis = _tridiagonalize(loss_fn, params, batch, init, num_iters,
+                                         _loops.resolve_unroll(unroll))
+  ritz_values, ritz_coeffs = _tridiagonal_eigh(alphas, betas)
+  vectors = None
+  if return_vectors:
+    vectors = _ritz_vectors(ritz_coeffs[:, :top_k], basis)
+    vectors = _pad_leading(vectors, top_k)
+  alphas = _pad(alphas, num_iters, ritz_values[-1])
+  betas = _pad(betas, num_iters - 1, 0.0)
+  ritz_values = _pad(ritz_values, num_iters, ritz_values[-1])
+  return LanczosResult(alphas, betas, ritz_values, vectors)
+
+
+def top_hessian_eigenvalues(loss_fn: LossFn, params, batch, *, key: jax.Array, k: int,
+                            num_iters: int, return_vectors: bool = False,
+                            unroll: bool | None = None) -> HessianEigenpairs:
+  """The k largest (most positive) Hessian eigenvalues, by Lanczos.
+
+  The top Ritz values converge first; `num_iters` of 2k to 3k plus ten or so is
+  usually enough when the top eigenvalues stand apart from the bulk. Check with a
+  larger `num_iters` when they do not. See `lanczos` for memory and breakdown.
+
+  Args:
+    loss_fn: `loss_fn(params, batch) -> scalar` mean minibatch loss.
+    params: any pytree of floating-point arrays.
+    batch: what `loss_fn` takes.
+    key: PRNG key for the random start.
+    k: number of eigenvalues, 1 <= k <= num_iters.
+    num_iters: Lanczos iterations (Hessian-vector products).
+    return_vectors: also return unit eigenvector estimates (Ritz vectors).
+    unroll: see `lanczos`.
+  """
+  _check_count("k", k)
+  _check_count("num_iters", num_iters)
+  if k > num_iters:
+    raise ValueError(f"k must be <= num_iters, got k={k} > num_iters={num_iters}")
+  result = lanczos(loss_fn, params, batch, key=key, num_iters=num_iters, top_k=k,
+                   return_vectors=return_vectors, unroll=unroll)
+  return HessianEigenpairs(result.ritz_values[:k], result.ritz_vectors)
+
+
+def spectral_density(loss_fn: LossFn, params, batch, *, key: jax.Array, num_probes: int,
+                     num_iters: int, probe: str = "rademacher",
+                     unroll: bool | None = None) -> SpectralDensity:
+  """Stochastic Lanczos quadrature of the Hessian's eigenvalue density.
+
+  Runs `num_iters` Lanczos iterations from each of `num_probes` random unit probes.
+  The result is a Gauss quadrature rule per probe; turn it into a density with
+  `density_on_grid` and into trace estimates tr(f(H)) with `slq_trace`. Costs
+  num_probes * num_iters Hessian-vector products; memory is one Lanczos basis
+  (num_iters times the parameters), the probes running one after another.
+
+  Args:
+    loss_fn: `loss_fn(params, batch) -> scalar` mean minibatch loss.
+    params: any pytree of floating-point arrays.
+    batch: what `loss_fn` takes.
+    key: PRNG key for the probes.
+    num_probes: number of probes, >= 1.
+    num_iters: Lanczos iterations per probe (nodes per rule), >= 1.
+    probe: 'rademacher' (the default) or 'normal'. Probes are normalised to unit
+      length; Rademacher ones all have norm sqrt(dim), so `slq_trace` is then unbiased,
+      while with Gaussian ones it is a ratio estimate (consistent, slightly biased).
+      Probe p is drawn as in `hessian_trace`, from `jax.random.fold_in(key, p)`.
+    unroll: unroll the loops into straight-line code (default: on CPU, where XLA runs
+      backward convolutions inside loops slowly).
+  """
+  _checks.check_params(params)
+  _checks.check_scalar_loss(loss_fn, params, batch)
+  _check_count("num_probes", num_probes)
+  _check_count("num_iters", num_iters)
+  if probe not in ("rademacher", "normal"):
+    raise ValueError(f"probe must be 'rademacher' or 'normal', got {probe!r}")
+  do_unroll = _loops.resolve_unroll(unroll)
+  acc = _acc_dtype(params)
+
+  def body(p, rules):
+    nodes, weights = rules
+    start = tm.tree_random_like(jax.random.fold_in(key, p), params, probe)
+    alphas, betas, _ = _tridiagonalize(loss_fn, params, batch, start, num_iters, do_unroll)
+    ritz_values, ritz_coeffs = _tridiagonal_eigh(alphas, betas)
+    # Padding nodes (past the number of parameters) get weight 0.
+    node_row = _pad(ritz_values, num_iters, ritz_values[-1])
+    weight_row = _pad(ritz_coeffs[0] ** 2, num_iters, 0.0)
+    return nodes.at[p].set(node_row), weights.at[p].set(weight_row)
+
+  empty = jnp.zeros((num_probes, num_iters), acc)
+  nodes, weights = _loops.fori_loop(num_probes, body, (empty, empty), unroll=do_unroll)
+  return SpectralDensity(nodes, weights)
+
+
+def density_on_grid(density: SpectralDensity, grid: jax.Array,
+                    sigma: float | jax.Array) -> jax.Array:
+  """The spectral density smoothed by a Gaussian of width `sigma`, on `grid`.
+
+  Returns mean_p sum_j weights[p, j] N(grid; nodes[p, j], sigma^2), an array shaped
+  like `grid` that integrates to 1 over a grid covering the spectrum plus a few sigma.
+  """
+  if isinstance(sigma, (int, float)) and not sigma > 0:
+    raise ValueError(f"sigma must be > 0, got {sigma}")
+  grid = jnp.asarray(grid)
+  z = (grid[..., None, None] - density.nodes) / sigma
+  kernel = jnp.exp(-0.5 * z ** 2) / (sigma * math.sqrt(2.0 * math.pi))
+  return jnp.mean(jnp.sum(density.weights * kernel, axis=-1), axis=-1)
+
+
+def slq_trace(density: SpectralDensity, dim: int,
+              fn: Callable[[jax.Array], jax.Array] | None = None) -> TraceResult:
+  """Estimate of tr(f(H)) from stochastic Lanczos quadrature.
+
+  Per probe, dim * sum_j weights[p, j] f(nodes[p, j]); averaged over probes with its
+  standard error. The quadrature integrates polynomials of degree < 2 * num_iters
+  exactly, so for those the error is only the probes' sampling error; with Rademacher
+  probes and f(x) = x the estimate equals `hessian_trace` with the same key and
+  num_samples = num_probes.
+
+  Args:
+    density: the output of `spectral_density`.
+    dim: the number of parameters (the size of H).
+    fn: elementwise f; the identity (the trace of H) when None.
+  """
+  values = density.nodes if fn is None else fn(density.nodes)
+  per_probe = dim * jnp.sum(density.weights * values, axis=-1)
+  return _mean_and_stderr(per_probe)
+
+
+def _tridiagonalize(loss_fn: LossFn, params, batch, init, num_iters: int, unroll: bool):
+  """Lanczos with full reorthogonalisation; returns (alphas, betas, basis).
+
+  Runs min(num_iters, dim) iterations: there are no more orthonormal directions.
+  """
+  num = min(num_iters, tm.tree_size(params))
+  acc = _acc_dtype(params)
+  tol = math.sqrt(float(jnp.finfo(acc).eps))
+  basis = jax.tree.map(lambda leaf: jnp.zeros((num,) + leaf.shape, leaf.dtype), params)
+  vector = tm.tree_scale(jax.lax.rsqrt(tm.tree_norm_sq(init)), init)
+
+  def body(j, carry):
+    basis, alphas, betas, vector, scale = carry
+    basis = jax.tree.map(lambda rows, leaf: rows.at[j].set(leaf), basis, vector)
+    hv = _hvp(loss_fn, params, batch, vector)
+    alpha = tm.tree_vdot(vector, hv)
+    scale = jnp.maximum(scale, tm.tree_norm(hv))
+    # Rows past j are still zero, so projecting on the whole basis is projecting on
+    # the vectors built so far. (Slicing them off when unrolled makes every iteration
+    # a different shape, and XLA then compiles several times more slowly.)
+    residual = _orthogonalize(basis, hv)
+    beta = tm.tree_norm(residual)
+
+    def proceed():
+      return tm.tree_scale(1.0 / beta, residual), beta
+
+    def restart():
+      fresh = _orthogonalize(basis, _least_covered_coordinate(basis))
+      norm = tm.tree_norm(fresh)
+      fresh = tm.tree_scale(jnp.where(norm > 0, 1.0 / norm, 0.0), fresh)
+      # H v_j = sum_i T_ij v_i + residual, so T_{j+1,j} = <v_{j+1}, residual>: the
+      # (small) coupling keeps T = V^T H V exact. Flip the sign to keep it >= 0.
+      coupling = tm.tree_vdot(fresh, residual)
+      sign = jnp.where(coupling < 0, -1.0, 1.0).astype(acc)
+      return tm.tree_scale(sign, fresh), jnp.abs(coupling)
+
+    vector, beta = jax.lax.cond(beta <= tol * scale, restart, proceed)
+    return (basis, alphas.at[j].set(alpha.astype(acc)), betas.at[j].set(beta.astype(acc)),
+            vector, scale)
+
+  zeros = jnp.zeros((num,), acc)
+  carry = (basis, zeros, zeros, vector, jnp.zeros((), acc))
+  basis, alphas, betas, _, _ = _loops.fori_loop(num, body, carry, unroll=unroll)
+  # The last beta couples to a direction outside the basis: not part of T.
+  return alphas, betas[:-1], basis
+
+
+def _least_covered_coordinate(basis):
+  """The unit coordinate vector e_i whose projection on the rows of `basis` is shortest.
+
+  The squared projections of all e_i sum to the number of (orthonormal) rows r, so the
+  shortest is at most r / dim and e_i keeps at least sqrt(1 - r / dim) of its length
+  when orthogonalised: a restart direction that needs no random numbers.
+  """
+  leaves, treedef = jax.tree.flatten(basis)
+  coverage = [jnp.sum(jnp.square(rows.astype(jnp.promote_types(rows.dtype, jnp.float32))),
+                      axis=0).reshape(-1) for rows in leaves]
+  lowest = jnp.stack([jnp.min(c) for c in coverage])
+  chosen_leaf = jnp.argmin(lowest)
+  units = []
+  for index, (rows, c) in enumerate(zip(leaves, coverage)):
+    # Only the first minimiser: a sum of tied coordinates may lie inside the basis.
+    hit = (jnp.arange(c.shape[0]) == jnp.argmin(c)) & (chosen_leaf == index)
+    units.append(hit.astype(rows.dtype).reshape(rows.shape[1:]))
+  return jax.tree.unflatten(treedef, units)
+
+
+def _tridiagonal_eigh(alphas: jax.Array, betas: jax.Array):
+  """Eigenvalues (descending) and eigenvectors (columns) of the tridiagonal T."""
+  t = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
+  values, vectors = jnp.linalg.eigh(t)
+  return values[::-1], vectors[:, ::-1]
+
+
+def _orthogonalize(basis, x):
+  """x minus its projection on the rows of `basis`; two passes of Gram-Schmidt.
+
+  One classical pass loses orthogonality in proportion to the condition of the
+  projection; the second restores it to working precision ("twice is enough").
+  """
+  for _ in range(2):
+    x = tm.tree_sub(x, _combine_rows(_row_dots(basis, x), basis))
+  return x
+
+
+def _row_dots(basis, x) -> jax.Array:
+  """[<basis[i], x> for every row i], accumulated in at least float32."""
+  # Multiply-and-reduce rather than a matrix-vector dot: the same memory traffic, and
+  # XLA:CPU compiles many small dots far more slowly than fused reductions.
+  def dots(rows, leaf):
+    acc = jnp.promote_types(leaf.dtype, jnp.float32)
+    prod = rows.astype(acc) * leaf.astype(acc)[None]
+    return jnp.sum(prod.reshape(rows.shape[0], -1), axis=1)
+  parts = [dots(rows, leaf) for rows, leaf in zip(jax.tree.leaves(basis), jax.tree.leaves(x))]
+  return sum(parts[1:], parts[0])
+
+
+def _combine_rows(coeffs: jax.Array, basis):
+  """sum_i coeffs[i] basis[i], a pytree like one row of `basis`."""
+  def combine(rows):
+    weights = coeffs.reshape(coeffs.shape + (1,) * (rows.ndim - 1))
+    return jnp.sum(weights * rows.astype(coeffs.dtype), axis=0).astype(rows.dtype)
+  return jax.tree.map(combine, basis)
+
+
+def _ritz_vectors(coeffs: jax.Array, basis):
+  """Rows sum_i coeffs[i, r] basis[i] for every column r: a leading axis of size r."""
+  return jax.tree.map(
+      lambda rows: jnp.tensordot(coeffs.T, rows.astype(coeffs.dtype), axes=1).astype(rows.dtype),
+      basis)
+
+
+def _pad(x: jax.Array, size: int, value) -> jax.Array:
+  """x extended along its only axis to `size` entries with `value`."""
+  missing = size - x.shape[0]
+  if missing <= 0:
+    return x
+  return jnp.concatenate([x, jnp.full((missing,), value, x.dtype)])
+
+
+def _pad_leading(tree, size: int):
+  """Zero rows appended to every leaf's leading axis up to `size`."""
+  def pad(leaf):
+    missing = size - leaf.shape[0]
+    if missing <= 0:
+      return leaf
+    return jnp.concatenate([leaf, jnp.zeros((missing,) + leaf.shape[1:], leaf.dtype)])
+  return jax.tree.map(pad, tree)
+
+
+def _mean_and_stderr(samples: jax.Array) -> TraceResult:
+  num = samples.shape[0]
+  mean = jnp.mean(samples)
+  # ddof=1; one sample gives 0/0 = NaN.
+  var = jnp.sum((samples - mean) ** 2) / (num - 1)
+  return TraceResult(mean, jnp.sqrt(var / num), jnp.asarray(num, jnp.int32))
+
+
+def _acc_dtype(params):
+  return jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+
+
+def _check_count(name: str, value: int) -> None:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
