@@ -14,3 +14,15 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "invmeasure-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+import numpy as np  # noqa: E402  (after the environment set-up above)
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def seed() -> int:
+  """A fresh random seed for each test; printed, so a failure shows how to reproduce it."""
+  value = int(np.random.default_rng().integers(2**31 - 2))
+  print(f"seed={value}")
+  return value

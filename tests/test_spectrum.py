@@ -10,7 +10,9 @@ from invmeasure.diagnostics import _tree_math as tm
 from invmeasure.diagnostics import spectrum as sp
 from tests import reference as ref
 
-SEEDS = np.random.default_rng().integers(0, 2**31, size=3).tolist()
+# Fresh random inputs on every run; the parametrised draw index keeps test ids stable
+# (pytest-xdist workers must collect the same tests). A failing seed is printed.
+DRAWS = range(3)
 
 # Module-level jitted entry points, so problems of one shape compile once per test run.
 lanczos = jax.jit(sp.lanczos, static_argnums=0,
@@ -41,8 +43,8 @@ def tridiagonal_eigenvalues(result):
   return np.sort(np.linalg.eigvalsh(t))[::-1]
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_hutchinson_on_quadratic_matches_trace_and_rademacher_variance(seed):
+@pytest.mark.parametrize("draw", DRAWS)
+def test_hutchinson_on_quadratic_matches_trace_and_rademacher_variance(draw, seed):
   with jax.enable_x64():
     rng = np.random.default_rng(seed)
     m = rng.normal(size=(30, 30))
@@ -58,8 +60,8 @@ def test_hutchinson_on_quadratic_matches_trace_and_rademacher_variance(seed):
     assert int(result.num_samples) == num
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_hutchinson_on_mlp_matches_dense_trace(seed):
+@pytest.mark.parametrize("draw", DRAWS)
+def test_hutchinson_on_mlp_matches_dense_trace(draw, seed):
   with jax.enable_x64():
     loss_fn, params, batch = ref.mlp_problem(seed)
     hess = ref.dense_hessian(loss_fn, params, batch)
@@ -79,8 +81,8 @@ def test_hutchinson_single_sample_has_nan_stderr():
     assert np.isnan(float(result.stderr))
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_lanczos_with_full_basis_recovers_every_eigenvalue(seed):
+@pytest.mark.parametrize("draw", DRAWS)
+def test_lanczos_with_full_basis_recovers_every_eigenvalue(draw, seed):
   """num_iters = dim. The MLP's Hessian has a null space (softmax is shift invariant),
   so the Krylov space stops growing early and the restarts are exercised too."""
   with jax.enable_x64():
@@ -97,8 +99,8 @@ def test_lanczos_with_full_basis_recovers_every_eigenvalue(seed):
     assert np.all(np.asarray(result.betas) >= 0)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_few_lanczos_iterations_find_separated_top_eigenpairs(seed):
+@pytest.mark.parametrize("draw", DRAWS)
+def test_few_lanczos_iterations_find_separated_top_eigenpairs(draw, seed):
   with jax.enable_x64():
     rng = np.random.default_rng(seed)
     eigenvalues = np.concatenate([[10.0, 7.0, 5.0], rng.uniform(-1.0, 2.0, size=57)])
@@ -118,8 +120,8 @@ def test_few_lanczos_iterations_find_separated_top_eigenpairs(seed):
     np.testing.assert_allclose(np.linalg.norm(top.eigenvectors["x"], axis=1), 1.0, rtol=1e-10)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_lanczos_breakdown_on_low_rank_hessian_stays_finite_and_correct(seed):
+@pytest.mark.parametrize("draw", DRAWS)
+def test_lanczos_breakdown_on_low_rank_hessian_stays_finite_and_correct(draw, seed):
   with jax.enable_x64():
     nonzero = np.array([4.0, 1.5, -2.0])
     a, _ = known_spectrum(np.concatenate([nonzero, np.zeros(9)]), seed)
@@ -166,8 +168,8 @@ def test_lanczos_from_init_equals_lanczos_from_key():
     np.testing.assert_allclose(from_init.ritz_values, from_key.ritz_values, rtol=1e-12)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_slq_estimates_traces_of_functions_of_the_hessian(seed):
+@pytest.mark.parametrize("draw", DRAWS)
+def test_slq_estimates_traces_of_functions_of_the_hessian(draw, seed):
   with jax.enable_x64():
     rng = np.random.default_rng(seed)
     eigenvalues = rng.uniform(-1.0, 4.0, size=40)
@@ -190,8 +192,8 @@ def test_slq_estimates_traces_of_functions_of_the_hessian(seed):
     np.testing.assert_allclose(linear.stderr, hutchinson.stderr, rtol=1e-8)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_slq_nodes_are_the_eigenvalues_with_a_full_basis(seed):
+@pytest.mark.parametrize("draw", DRAWS)
+def test_slq_nodes_are_the_eigenvalues_with_a_full_basis(draw, seed):
   with jax.enable_x64():
     eigenvalues = np.sort(np.random.default_rng(seed).normal(size=20))[::-1]
     a, _ = known_spectrum(eigenvalues, seed)
@@ -201,9 +203,9 @@ def test_slq_nodes_are_the_eigenvalues_with_a_full_basis(seed):
     np.testing.assert_allclose(np.sum(rules.weights, axis=1), 1.0, rtol=1e-12)
 
 
-def test_density_on_grid_integrates_to_one():
+def test_density_on_grid_integrates_to_one(seed):
   with jax.enable_x64():
-    loss_fn, params, batch = ref.mlp_problem(SEEDS[0])
+    loss_fn, params, batch = ref.mlp_problem(seed)
     rules = density(loss_fn, params, batch, key=jax.random.key(0), num_probes=3,
                     num_iters=15, unroll=False)
     sigma = 0.05
@@ -219,10 +221,10 @@ def assert_trees_close(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
 
 
-def test_unrolled_and_looped_agree():
+def test_unrolled_and_looped_agree(seed):
   with jax.enable_x64():
-    key = jax.random.key(SEEDS[2])
-    loss_fn, params, batch = ref.mlp_problem(SEEDS[1])
+    key = jax.random.key(seed + 1)
+    loss_fn, params, batch = ref.mlp_problem(seed)
     for fn, kwargs in [(lanczos, dict(num_iters=6, top_k=2, return_vectors=True)),
                        (trace, dict(num_samples=2)),
                        (density, dict(num_probes=2, num_iters=3))]:

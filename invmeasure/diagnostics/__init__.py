@@ -8,7 +8,7 @@ unchanged on arrays sharded over a `jax.sharding.Mesh`.
 """
 
 from invmeasure.diagnostics._tree_math import (
-    tree_norm, tree_random_like, tree_vdot)
+    tree_norm, tree_random_like, tree_size, tree_vdot)
 from invmeasure.diagnostics.curvature import (
     SharpnessResult, directional_sharpness, hvp, sharpness)
 from invmeasure.diagnostics.gradients import (
@@ -16,3 +16,6 @@ from invmeasure.diagnostics.gradients import (
     gradient_stats_finalize, gradient_stats_init, gradient_stats_update)
 from invmeasure.diagnostics.time_average import (
     TimeAverage, TimeAverageState, TimeAverageSummary, time_average)
+from invmeasure.diagnostics.spectrum import (
+    HessianEigenpairs, LanczosResult, SpectralDensity, TraceResult, density_on_grid,
+    hessian_trace, lanczos, slq_trace, spectral_density, top_hessian_eigenvalues)

@@ -1,9 +1,11 @@
 """Loops that XLA runs well on every backend.
 
 XLA:CPU runs the weight-gradient convolutions of a backward pass 20-70x slower when they
-sit inside a while loop or a conditional (measured: benchmarks/loop_lowering.py). On CPU
-we therefore unroll bounded loops into straight-line code; on accelerators we keep
-`lax` loops, which compile once and run at full speed.
+sit inside a while loop or a conditional (measured: benchmarks/loop_lowering.py), but an
+unrolled loop compiles one copy of its body per iteration. By default (`unroll=None`) we
+therefore unroll short loops on CPU, where the run time dominates, and keep `lax` loops
+for long ones and on accelerators. A caller on CPU with a long loop over a convolutional
+model does best driving the one-iteration form from Python (see the function docs).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from typing import Callable
 import jax
 
 
-def default_unroll() -> bool:
-  return jax.default_backend() == "cpu"
+# Longest loop unrolled by default on CPU (its compile time grows with the length).
+MAX_DEFAULT_UNROLL = 8
 
 
-def resolve_unroll(unroll: bool | None) -> bool:
-  return default_unroll() if unroll is None else bool(unroll)
+def resolve_unroll(unroll: bool | None, length: int) -> bool:
+  """`unroll` if given; else unroll loops of at most MAX_DEFAULT_UNROLL steps on CPU."""
+  if unroll is not None:
+    return bool(unroll)
+  return jax.default_backend() == "cpu" and length <= MAX_DEFAULT_UNROLL
 
 
 def fori_loop(num_iters: int, body: Callable, carry, *, unroll: bool):

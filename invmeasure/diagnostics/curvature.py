@@ -78,11 +78,12 @@ def sharpness(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None,
     init: a start vector, e.g. the previous round's `eigenvector` (warm start).
     num_iters: maximum number of Hessian-vector products.
     tol: stop once |lambda_k - lambda_{k-1}| <= tol * |lambda_k|.
-    unroll: unroll the iterations into straight-line code (default: on CPU, where XLA
-      runs backward convolutions inside loops slowly). Unrolled, all `num_iters` HVPs
-      run and the estimate is frozen after convergence; otherwise a while loop exits
-      early. Call with `num_iters=1` and `init=previous.eigenvector` to drive the
-      iteration from Python with early exit on any backend.
+    unroll: unroll the iterations into straight-line code (default: on CPU for at most
+      8 iterations; XLA:CPU runs backward convolutions inside loops slowly). Unrolled,
+      all `num_iters` HVPs run and the estimate is frozen after convergence; otherwise
+      a while loop exits early. Call with `num_iters=1` and
+      `init=previous.eigenvector` to drive the iteration from Python, jitted once, with
+      early exit on any backend.
   """
   _checks.check_params(params)
   _checks.check_scalar_loss(loss_fn, params, batch)
@@ -106,7 +107,7 @@ def sharpness(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None,
 
   zero = jnp.zeros((), tm.tree_vdot(init, init).dtype)
   state = _PowerState(init, zero, zero, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-  if _loops.resolve_unroll(unroll):
+  if _loops.resolve_unroll(unroll, num_iters):
     for _ in range(num_iters):
       new = step(state)
       state = jax.tree.map(lambda old, nw: jnp.where(state.converged, old, nw), state, new)

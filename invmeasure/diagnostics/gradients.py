@@ -101,9 +101,10 @@ def gradient_stats(loss_fn: Callable, params, batches, *,
     params: any pytree of floating-point arrays.
     batches: a pytree whose leaves have a leading axis K >= 2; slice k along it is
       one minibatch, what `loss_fn` takes.
-    unroll: unroll the K gradients into straight-line code (default on CPU, where XLA
-      runs backward convolutions inside loops slowly; compile time then grows with K,
-      so for large K on CPU drive `gradient_stats_update` from Python instead).
+    unroll: unroll the K gradients into straight-line code (default: on CPU for K <= 8;
+      XLA:CPU runs backward convolutions inside loops slowly, and unrolled compile time
+      grows with K, so for large K on CPU jit `gradient_stats_update` and call it once
+      per minibatch instead).
   """
   k = _checks.leading_axis_size(batches)
   if k < 2:
@@ -114,5 +115,5 @@ def gradient_stats(loss_fn: Callable, params, batches, *,
   update = functools.partial(gradient_stats_update, loss_fn)
   state = _loops.scan_leading(lambda s, batch: update(s, params, batch),
                               gradient_stats_init(params), batches,
-                              unroll=_loops.resolve_unroll(unroll))
+                              unroll=_loops.resolve_unroll(unroll, k))
   return gradient_stats_finalize(state)

@@ -81,8 +81,8 @@ def hessian_trace(loss_fn: LossFn, params, batch, *, key: jax.Array, num_samples
     key: PRNG key for the probes.
     num_samples: number of probes (one Hessian-vector product each), >= 1. With a
       single probe the standard error is NaN.
-    unroll: unroll the probe loop into straight-line code (default: on CPU, where XLA
-      runs backward convolutions inside loops slowly).
+    unroll: unroll the probe loop into straight-line code (default: on CPU for at most
+      8 probes; XLA:CPU runs backward convolutions inside loops slowly).
 
   Returns:
     `TraceResult` with the estimate and its standard error.
@@ -98,7 +98,7 @@ def hessian_trace(loss_fn: LossFn, params, batch, *, key: jax.Array, num_samples
     return samples.at[i].set(quad.astype(acc))
 
   samples = _loops.fori_loop(num_samples, body, jnp.zeros((num_samples,), acc),
-                             unroll=_loops.resolve_unroll(unroll))
+                             unroll=_loops.resolve_unroll(unroll, num_samples))
   return _mean_and_stderr(samples)
 
 
@@ -129,8 +129,8 @@ def lanczos(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None, ini
     num_iters: Hessian-vector products, the size m of T, >= 1.
     top_k: number of Ritz vectors (largest Ritz values first) to return.
     return_vectors: also return the top-k Ritz vectors (memory: top_k times params).
-    unroll: unroll the iterations into straight-line code (default: on CPU, where XLA
-      runs backward convolutions inside loops slowly).
+    unroll: unroll the iterations into straight-line code (default: on CPU for at most
+      8 iterations; XLA:CPU runs backward convolutions inside loops slowly).
 
   Returns:
     `LanczosResult`: T's coefficients, its eigenvalues (descending) and optionally the
@@ -150,7 +150,7 @@ def lanczos(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None, ini
   init = _as_tangent(params, init)
 
   alphas, betas, basis = _tridiagonalize(loss_fn, params, batch, init, num_iters,
-                                         _loops.resolve_unroll(unroll))
+                                         _loops.resolve_unroll(unroll, num_iters))
   ritz_values, ritz_coeffs = _tridiagonal_eigh(alphas, betas)
   vectors = None
   if return_vectors:
@@ -212,8 +212,8 @@ def spectral_density(loss_fn: LossFn, params, batch, *, key: jax.Array, num_prob
       length; Rademacher ones all have norm sqrt(dim), so `slq_trace` is then unbiased,
       while with Gaussian ones it is a ratio estimate (consistent, slightly biased).
       Probe p is drawn as in `hessian_trace`, from `jax.random.fold_in(key, p)`.
-    unroll: unroll the loops into straight-line code (default: on CPU, where XLA runs
-      backward convolutions inside loops slowly).
+    unroll: unroll the loops into straight-line code (default: on CPU when probes times
+      iterations is at most 8; XLA:CPU runs backward convolutions inside loops slowly).
   """
   _checks.check_params(params)
   _checks.check_scalar_loss(loss_fn, params, batch)
@@ -221,7 +221,7 @@ def spectral_density(loss_fn: LossFn, params, batch, *, key: jax.Array, num_prob
   _check_count("num_iters", num_iters)
   if probe not in ("rademacher", "normal"):
     raise ValueError(f"probe must be 'rademacher' or 'normal', got {probe!r}")
-  do_unroll = _loops.resolve_unroll(unroll)
+  do_unroll = _loops.resolve_unroll(unroll, num_probes * num_iters)
   acc = _acc_dtype(params)
 
   def body(p, rules):
