@@ -146,9 +146,12 @@ def test_entry_point_end_to_end(tmp_path):
     (lambda tmp: [f'--workdir={tmp / "a_file"}'], 'error: --workdir='),
     (lambda tmp: [f'--workdir={tmp}', '--config.function=cosine'],
      'error: config.function='),
-    (lambda tmp: [f'--workdir={tmp}', '--config.experiment=train'],
+    (lambda tmp: [f'--workdir={tmp}', '--config.experiment=bogus'],
      'error: config.experiment='),
-], ids=['workdir_is_a_file', 'unknown_function', 'unknown_experiment'])
+    (lambda tmp: [f'--workdir={tmp}', '--config.experiment=train'],
+     'error: config.dataset is missing'),
+], ids=['workdir_is_a_file', 'unknown_function', 'unknown_experiment',
+        'train_without_training_fields'])
 def test_entry_point_bad_input_is_one_line(tmp_path, make_args, expected):
   (tmp_path / 'a_file').write_text('not a directory')
   result = _run(*make_args(tmp_path))

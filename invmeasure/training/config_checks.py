@@ -25,8 +25,27 @@ def check_workdir(workdir: str) -> None:
                       "(it is created if missing)")
 
 
+REQUIRED = ("seed", "dataset", "num_classes", "model.name", "batch_size", "optimizer.name",
+            "optimizer.learning_rate", "schedule.name", "diagnostics.every_steps",
+            "diagnostics.num_minibatches", "diagnostics.sharpness_iters",
+            "checkpoint_every_steps", "log_every_steps")
+
+
+def _has(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
 def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   """Raises ConfigError for the first field that cannot work."""
+  missing = [field for field in REQUIRED if not _has(config, field)]
+  if missing:
+    raise ConfigError(f"config.{missing[0]} is missing; a training config needs "
+                      f"{', '.join(REQUIRED)} (see configs/quickstart.py)")
   if config.dataset not in sources.DATASETS:
     raise ConfigError(f"config.dataset={config.dataset!r} is unknown; choose one of "
                       f"{', '.join(sources.DATASETS)}")
