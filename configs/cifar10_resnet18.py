@@ -63,7 +63,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.width = 8
     config.diagnostics.every_steps = 2
     config.diagnostics.num_minibatches = 2
-    config.diagnostics.sharpness_iters = 1  # CPU unrolls the iterations: compile time grows fast
+    config.diagnostics.sharpness_iters = 2
     config.log_every_steps = 1
     config.checkpoint_every_steps = 2
   elif arg:

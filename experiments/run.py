@@ -12,7 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from invmeasure.training import distributed, loop, synthetic_1d
+from invmeasure.training import distributed, dry_run, loop, synthetic_1d
 from invmeasure.training.errors import ConfigError, TrainingError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -25,6 +25,9 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Processes in the job.
 _PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'This process, 0..num_processes-1.')
 _DISTRIBUTED_AUTO = flags.DEFINE_bool(
     'distributed_auto', False, 'Read the cluster from the environment (TPU pod, SLURM).')
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'Compile the train step and diagnostic round for the configured '
+    'batch on the devices present, without data, and print FLOPs and memory.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -41,6 +44,8 @@ def main(argv: list[str]) -> None:
     if experiment == 'synthetic_1d':
       rows = synthetic_1d.run(config, _WORKDIR.value)
       print(f'Wrote {_WORKDIR.value}\n{synthetic_1d.summarize(rows)}')
+    elif experiment == 'train' and _DRY_RUN.value:
+      dry_run.dry_run(config)
     elif experiment == 'train':
       row = loop.train_and_evaluate(config, _WORKDIR.value)
       print(f'Finished {_WORKDIR.value}: ' + ', '.join(

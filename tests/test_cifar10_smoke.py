@@ -5,28 +5,16 @@ import math
 import os
 
 import pytest
-import tensorflow_datasets as tfds
-from tensorflow_datasets.testing import mocking
 
 from configs import cifar10_resnet18
 from invmeasure.training import loop
 from invmeasure.training.errors import ConfigError
-
-
-def _mock_getitems(*args, generator, serialized=False):
-  """Batch read of the mocked ArrayRecord source: the examples at the given keys.
-
-  tfds 4.9.10 stores its replacement `__getitems__` on a MagicMock instance, where it is
-  not bound, so the keys arrive as the first argument (a bound call passes self first).
-  """
-  del serialized  # `tfds.data_source` reads decoded examples
-  return [generator[int(key)] for key in args[-1]]
+from tests import tfds_mock
 
 
 @pytest.fixture
 def mock_cifar10(monkeypatch):
-  monkeypatch.setattr(mocking, "_getitems", _mock_getitems)
-  with tfds.testing.mock_data(num_examples=64):
+  with tfds_mock.mock_tfds(monkeypatch, num_examples=64):
     yield
 
 

@@ -12,12 +12,20 @@ from typing import Protocol
 
 import numpy as np
 
+from invmeasure.data import imagenet
 from invmeasure.training.errors import ConfigError
 
 
 class Source(Protocol):
   def __len__(self) -> int: ...
   def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
+  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None) -> dict: ...
+
+
+# Training-set sizes, for planning a run (e.g. a dry run) without reading the data.
+NUM_TRAIN_EXAMPLES = {"digits": 1500, "cifar10": 50000, "imagenet2012": 1281167}
+# Shape of one example's image as the device sees it (after any host preprocessing).
+IMAGE_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "imagenet2012": (224, 224, 3)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +39,17 @@ class ArraySource:
   def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     return {name: array[indices] for name, array in self.arrays.items()}
 
+  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None) -> dict:
+    """Host augmentation is none: in-memory images are augmented on the device."""
+    return self[indices]
+
 
 class TfdsSource:
   """A TFDS split read through `tfds.data_source` (ArrayRecord; no TensorFlow needed)."""
 
   def __init__(self, name: str, split: str, data_dir: str | None, features: tuple[str, ...]):
     import tensorflow_datasets as tfds
+    self._name = name
     self._features = features
     try:
       self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -53,10 +66,22 @@ class TfdsSource:
 
   def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     """Examples at `indices` (any shape), stacked as indices.shape + feature shape."""
+    return self.read(indices, None)
+
+  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None) -> dict:
+    """Examples at `indices` (any shape); ImageNet images are cropped to 224 here,
+    at random when `augment_seed` is given (training), else centered."""
     indices = np.asarray(indices)
     examples = self._source.__getitems__([int(i) for i in indices.reshape(-1)])
-    return {f: np.stack([np.asarray(ex[f]) for ex in examples]).reshape(
-        indices.shape + np.shape(examples[0][f])) for f in self._features}
+    out = {}
+    for f in self._features:
+      values = [np.asarray(ex[f]) for ex in examples]
+      if f == "image" and self._name == "imagenet2012":
+        stacked = imagenet.preprocess(values, augment_seed)
+      else:
+        stacked = np.stack(values)
+      out[f] = stacked.reshape(indices.shape + stacked.shape[1:])
+    return out
 
 
 def digits(split: str) -> ArraySource:

@@ -82,3 +82,8 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
       raise ConfigError(f"config.diagnostics.num_minibatches={diag.num_minibatches} must "
                         "be >= 2 to estimate the gradient noise")
     _positive(diag.sharpness_iters, "diagnostics.sharpness_iters", int)
+    if diag.get("batch_size"):
+      _positive(diag.batch_size, "diagnostics.batch_size", int)
+      if diag.batch_size % device_count:
+        raise ConfigError(f"config.diagnostics.batch_size={diag.batch_size} does not split "
+                          f"over {device_count} devices; use a multiple of {device_count}")

@@ -15,11 +15,13 @@ import signal
 import sys
 import threading
 from concurrent import futures
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from invmeasure.analysis import figures
@@ -70,18 +72,23 @@ class _Batches:
     self._pool = futures.ThreadPoolExecutor(1)
     self._pending: dict[int, futures.Future] = {}
 
-  def _read(self, indices: np.ndarray) -> dict:
+  def _read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None = None) -> dict:
     local = batching.process_slice(indices, jax.process_index(), jax.process_count())
-    return self._source[local]
+    if augment_seed is not None:  # per-process seeds keep the crops of each example distinct
+      augment_seed = (*augment_seed, jax.process_index())
+    return self._source.read(local, augment_seed)
+
+  def _submit(self, step: int) -> futures.Future:
+    return self._pool.submit(self._read, self._indices(step), (self._seed, step))
 
   def train(self, step: int) -> dict:
-    future = self._pending.pop(step, None) or self._pool.submit(self._read, self._indices(step))
-    self._pending[step + 1] = self._pool.submit(self._read, self._indices(step + 1))
+    future = self._pending.pop(step, None) or self._submit(step)
+    self._pending[step + 1] = self._submit(step + 1)
     return self._to_global(future.result())
 
-  def diagnostic(self, step: int, num_minibatches: int) -> list[dict]:
+  def diagnostic(self, step: int, num_minibatches: int, batch_size: int) -> list[dict]:
     """The fresh minibatches of the diagnostic round at `step`, one global batch each."""
-    indices = batching.diagnostic_indices(self._seed, step, num_minibatches, self._batch_size,
+    indices = batching.diagnostic_indices(self._seed, step, num_minibatches, batch_size,
                                           len(self._source))
     return [self._to_global(self._read(row)) for row in indices]
 
@@ -130,40 +137,66 @@ class _DiagnosticRound:
     return row, vector
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains as `config` says, measuring the diagnostics; returns the last metric row."""
-  config_checks.check_workdir(workdir)
+class Plan(NamedTuple):
+  """What a run is, derived from its config before any data is read or file written."""
+  task: step_lib.ImageTask
+  schedule: optax.Schedule
+  steps_per_epoch: int
+  num_steps: int
+  mesh: Mesh
+  replicated: NamedSharding      # the state: on every device
+  batch_sharding: NamedSharding  # batches: examples split over the 'data' axis
+  image_shape: tuple[int, ...]
+
+
+def make_plan(config: ml_collections.ConfigDict, num_examples: int) -> Plan:
+  """Checks the config (ConfigError) and builds the task, schedule and device mesh."""
   config_checks.check_config(config, jax.device_count())
-  source = sources.load_source(config.dataset, "train", config.get("data_dir"))
-  num_examples = len(source)
   steps_per_epoch = batching.steps_per_epoch(num_examples, config.batch_size)
   if steps_per_epoch < 1:
     raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {num_examples} "
                       f"training examples of {config.dataset}")
   num_steps = config.get("num_train_steps") or int(round(config.num_epochs * steps_per_epoch))
-
   schedule = optim.make_schedule(config, steps_per_epoch, num_steps)
-  tx = optim.make_optimizer(config, schedule)
-  example = source[np.arange(1)]
-  model = registry.make_model(config.model, num_classes=int(config.num_classes))
-  task = step_lib.ImageTask(model=model, tx=tx, dataset=config.dataset,
-                            augmentation=config.get("augmentation", "none"),
-                            weight_decay=float(config.optimizer.get("weight_decay", 0.0)),
-                            seed=int(config.seed))
+  task = step_lib.ImageTask(
+      model=registry.make_model(config.model, num_classes=int(config.num_classes)),
+      tx=optim.make_optimizer(config, schedule), dataset=config.dataset,
+      augmentation=config.get("augmentation", "none"),
+      weight_decay=float(config.optimizer.get("weight_decay", 0.0)), seed=int(config.seed))
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  return Plan(task, schedule, steps_per_epoch, num_steps, mesh, NamedSharding(mesh, P()),
+              NamedSharding(mesh, P("data")), sources.IMAGE_SHAPES[config.dataset])
+
+
+def init_state_fn(plan: Plan):
+  """Jitted `key -> RunState`, placed on every device."""
+  example = jnp.zeros((1, *plan.image_shape), jnp.uint8)
+  return jax.jit(lambda key: init_run_state(plan.task.model, plan.task.tx,
+                                            plan.task.preprocess(example, None), key),
+                 out_shardings=plan.replicated)
+
+
+def init_key(config: ml_collections.ConfigDict) -> jax.Array:
+  # RBG keys: threefry unrolls into a large program per parameter and compiles slowly.
+  return jax.random.key(config.seed, impl="rbg")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains as `config` says, measuring the diagnostics; returns the last metric row."""
+  config_checks.check_workdir(workdir)
+  config_checks.check_config(config, jax.device_count())
+  source = sources.load_source(config.dataset, "train", config.get("data_dir"))
+  plan = make_plan(config, len(source))
+  task, schedule, steps_per_epoch, num_steps = (plan.task, plan.schedule, plan.steps_per_epoch,
+                                                plan.num_steps)
+  replicated, batch_sharding = plan.replicated, plan.batch_sharding
 
   # Everything above may reject the config; only now is anything written.
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
-
-  init = jax.jit(lambda key: init_run_state(
-      model, tx, task.preprocess(jnp.asarray(example["image"]), None), key),
-      out_shardings=replicated)
-  state = init(jax.random.key(config.seed))
+  state = init_state_fn(plan)(init_key(config))
   checkpointer = checkpoints.Checkpointer(workdir)
   latest = checkpointer.latest_step()
   if latest is not None:
@@ -193,7 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   last_row: dict = {}
 
   def measure(state: RunState, done: int) -> tuple[RunState, dict]:
-    minibatches = batches.diagnostic(done, int(diag_cfg.num_minibatches))
+    minibatches = batches.diagnostic(done, int(diag_cfg.num_minibatches),
+                                     int(diag_cfg.get("batch_size") or config.batch_size))
     row, vector = diagnostic_round(state, minibatches)
     return state._replace(sharpness_vector=vector), row
 
