@@ -66,8 +66,10 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   round_flops = (diag.num_minibatches * costs["gradient_stats_update"]["flops"]
                  + diag.sharpness_iters * costs["power_iteration"]["flops"]
                  + costs["round_summary"]["flops"])
+  # XLA's cost analysis of a partitioned program counts one device's share.
   report = {
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "device_count": jax.device_count(),
       "parameters": dg.tree_size(state.params),
       "batch_sharding": f"{config.batch_size} examples over mesh {dict(plan.mesh.shape)} "
                         f"as {plan.batch_sharding.spec}",
@@ -81,12 +83,15 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
 
 def format_report(report: dict) -> str:
   gib = lambda b: f"{b / 2**20:.1f} MiB"
+  n = report["device_count"]
   lines = [f"devices:            {report['devices']}",
            f"parameters:         {report['parameters']:,}",
            f"batch sharding:     {report['batch_sharding']}",
-           f"train step:         {report['train_step_flops']:.4g} FLOPs (XLA cost analysis)",
-           f"diagnostic round:   {report['diagnostic_round_flops']:.4g} FLOPs",
-           "per-device memory (XLA):",
+           f"train step:         {report['train_step_flops'] * n:.4g} FLOPs in all, "
+           f"{report['train_step_flops']:.4g} per device (XLA cost analysis)",
+           f"diagnostic round:   {report['diagnostic_round_flops'] * n:.4g} FLOPs in all, "
+           f"{report['diagnostic_round_flops']:.4g} per device",
+           "per device (XLA):",
            f"  {'program':24s} {'arguments':>12s} {'outputs':>12s} {'temporaries':>12s} "
            f"{'FLOPs':>11s}"]
   for name, c in report["programs"].items():
