@@ -11,14 +11,13 @@ Needs CIFAR-10 prepared once: `tfds build cifar10 --file_format=array_record`.
 
 import ml_collections
 
+from configs import base
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """`arg`: '' for the paper's run, 'tiny' for a seconds-long smoke run."""
-  config = ml_collections.ConfigDict()
-  config.experiment = "train"  # experiments/run.py runs the training driver
-  config.seed = 0  # weights, data order, augmentation and diagnostic minibatches
+  config = base.get_config()  # SGD 0.1, momentum 0.9, weight decay 5e-4 (coupled L2)
   config.dataset = "cifar10"  # TFDS cifar10 (ArrayRecord), 50,000 train / 10,000 test
-  config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir; None: the default
   config.num_classes = 10
   config.augmentation = "crop_flip"  # pad 4, random 32x32 crop, random horizontal flip
 
@@ -32,27 +31,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   config.batch_size = 128  # global batch, split over the devices
   config.num_epochs = 200  # num_train_steps = num_epochs * (50000 // batch_size)
-  config.num_train_steps = 0  # when > 0, overrides num_epochs
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd"  # 'sgd' (with momentum) or 'adam'
-  config.optimizer.learning_rate = 0.1  # base learning rate
-  config.optimizer.momentum = 0.9
-  config.optimizer.weight_decay = 5e-4  # L2 added to the gradient, as the paper's PyTorch code
-  config.optimizer.decoupled_weight_decay = False  # True: AdamW/SGDW-style decay
-
-  config.schedule = ml_collections.ConfigDict()
   config.schedule.name = "step"  # 'constant', 'step' or 'cosine'
   config.schedule.boundaries_epochs = (100.0, 150.0)  # step schedule: epochs of lr decay
-  config.schedule.decay_factor = 0.1  # step schedule: the multiplier
-  config.schedule.warmup_epochs = 0.0  # linear warmup from 0
 
-  config.diagnostics = ml_collections.ConfigDict()
-  config.diagnostics.every_steps = 390  # a diagnostic round every this many steps (0: never)
-  config.diagnostics.at_epoch_end = False  # also at every epoch's end
+  config.diagnostics.every_steps = 390  # about once an epoch
   config.diagnostics.num_minibatches = 50  # K training-size minibatches per round
-  config.diagnostics.sharpness_iters = 5  # power iterations (the paper: 5 to 10)
-  config.diagnostics.sharpness_tol = 0.0  # early stop on relative change (0: run all)
 
   config.log_every_steps = 100  # a training row (mean minibatch loss) every this many steps
   config.checkpoint_every_steps = 3900  # about every 10 epochs

@@ -20,6 +20,8 @@ epochs. Needs ImageNet prepared once (manual download): `tfds build imagenet2012
 
 import ml_collections
 
+from configs import base
+
 FIGURE2_LEARNING_RATES = (0.1, 0.01, 0.001)
 
 
@@ -39,11 +41,8 @@ def parse_arg(arg: str) -> dict:
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """`arg`: comma-separated: 'constant' (Figure 2), 'lr=X', 'epochs=N', 'tiny'."""
   args = parse_arg(arg)
-  config = ml_collections.ConfigDict()
-  config.experiment = "train"  # experiments/run.py runs the training driver
-  config.seed = 0  # weights, data order, augmentation and diagnostic minibatches
+  config = base.get_config()  # SGD with momentum 0.9, coupled L2 weight decay
   config.dataset = "imagenet2012"  # TFDS imagenet2012 (ArrayRecord), 1,281,167 train images
-  config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir; None: the default
   config.num_classes = 1000
   config.augmentation = "none"  # random-resized crop + flip happen on the host for ImageNet
 
@@ -57,28 +56,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   config.batch_size = 256  # global batch, split over the devices
   config.num_epochs = float(args.get("epochs", 90))  # steps = epochs * (1281167 // 256)
-  config.num_train_steps = 0  # when > 0, overrides num_epochs
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd"  # 'sgd' (with momentum) or 'adam'
   config.optimizer.learning_rate = float(args.get("lr", 0.1))  # base learning rate
-  config.optimizer.momentum = 0.9
   config.optimizer.weight_decay = 1e-4  # L2 added to the gradient, as the paper's PyTorch code
-  config.optimizer.decoupled_weight_decay = False  # True: SGDW-style decay
 
-  config.schedule = ml_collections.ConfigDict()
   config.schedule.name = "constant" if args.get("constant") else "step"  # Fig. 2 / Fig. 1
   config.schedule.boundaries_epochs = (30.0, 60.0)  # step schedule: x0.1 every 30 epochs
-  config.schedule.decay_factor = 0.1  # step schedule: the multiplier
-  config.schedule.warmup_epochs = 0.0  # linear warmup from 0
 
-  config.diagnostics = ml_collections.ConfigDict()
-  config.diagnostics.every_steps = 5004  # one epoch of batch 256 (0: never)
-  config.diagnostics.at_epoch_end = False  # also at every epoch's end
+  config.diagnostics.every_steps = 5004  # one epoch of batch 256
   config.diagnostics.batch_size = 256  # images per minibatch (original: 250; 256 splits over 8)
   config.diagnostics.num_minibatches = 600  # K minibatches per round, as the original
-  config.diagnostics.sharpness_iters = 5  # power iterations, as the original
-  config.diagnostics.sharpness_tol = 0.0  # early stop on relative change (0: run all)
 
   config.log_every_steps = 100  # a training row (mean minibatch loss) every this many steps
   config.checkpoint_every_steps = 5004  # once an epoch

@@ -1,0 +1,41 @@
+"""The fields every training config has, with defaults; experiment configs override a few.
+
+See DESIGN.md for the contract: seed, dataset, model, batch_size, num_train_steps or
+num_epochs, optimizer, schedule, diagnostics, checkpoint_every_steps, log_every_steps.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Defaults shared by the training configs (SGD with momentum, constant rate)."""
+  config = ml_collections.ConfigDict()
+  config.experiment = "train"  # experiments/run.py runs the training driver
+  config.seed = 0  # weights, data order, augmentation and diagnostic minibatches
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir; None: the default
+  config.augmentation = "none"  # training batches: 'none' or 'crop_flip'
+
+  config.num_train_steps = 0  # when > 0, overrides num_epochs
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "sgd"  # 'sgd' (with momentum) or 'adam'
+  config.optimizer.learning_rate = 0.1  # base learning rate
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 5e-4  # L2 added to the gradient, as the paper's PyTorch code
+  config.optimizer.decoupled_weight_decay = False  # True: AdamW/SGDW-style decay
+
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.name = "constant"  # 'constant', 'step' or 'cosine'
+  config.schedule.boundaries_epochs = (30.0,)  # step schedule: epochs where lr is multiplied
+  config.schedule.decay_factor = 0.1  # step schedule: the multiplier
+  config.schedule.warmup_epochs = 0.0  # linear warmup from 0
+
+  config.diagnostics = ml_collections.ConfigDict()
+  config.diagnostics.every_steps = 1000  # a diagnostic round every this many steps (0: never)
+  config.diagnostics.at_epoch_end = False  # also at every epoch's end (paper eq. 3)
+  config.diagnostics.batch_size = 0  # examples per diagnostic minibatch (0: batch_size)
+  config.diagnostics.num_minibatches = 16  # K training-size minibatches per round
+  config.diagnostics.sharpness_iters = 5  # power iterations (the paper: 5 to 10)
+  config.diagnostics.sharpness_tol = 0.0  # early stop on relative change (0: run all)
+  return config
+
