@@ -13,12 +13,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from invmeasure import diagnostics as dg
-from invmeasure.data import sources
-from invmeasure.training import loop, step as step_lib
+from invmeasure.training import loop
+
+
+def _placed(x, sharding) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 def _abstract(tree, sharding):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+  """Every leaf of `tree` as an abstract array placed by one `sharding`."""
+  return jax.tree.map(lambda x: _placed(x, sharding), tree)
 
 
 def _cost(compiled) -> dict:
@@ -36,29 +40,24 @@ def _cost(compiled) -> dict:
 
 def dry_run(config: ml_collections.ConfigDict) -> dict:
   """Compiles the run's programs on abstract inputs; returns (and prints) their costs."""
-  plan = loop.make_plan(config, sources.NUM_TRAIN_EXAMPLES[config.dataset])
-  state = _abstract(jax.eval_shape(loop.init_state_fn(plan), loop.init_key(config)),
-                    plan.replicated)
+  plan = loop.make_plan(config, abstract=True)
+  state = jax.eval_shape(loop.init_state_fn(plan), loop.init_key(config))
+  state = jax.tree.map(_placed, state, plan.state_sharding)
 
-  def batch(size: int) -> dict:
-    return {"image": jax.ShapeDtypeStruct((size, *plan.image_shape), jnp.uint8,
-                                          sharding=plan.batch_sharding),
-            "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=plan.batch_sharding)}
+  def batch(size: int, train: bool) -> dict:
+    return _abstract(plan.task.abstract_batch(size, train), plan.batch_sharding)
 
-  train_batch = batch(config.batch_size)
-  diag_batch = batch(config.diagnostics.get("batch_size") or config.batch_size)
-  train_step = jax.jit(step_lib.make_train_step(plan.task),
-                       in_shardings=(plan.replicated, plan.batch_sharding),
-                       out_shardings=(plan.replicated, plan.replicated), donate_argnums=0)
-  fns = step_lib.make_diagnostic_fns(plan.task)
+  train_batch = batch(config.batch_size, train=True)
+  diag_batch = batch(config.diagnostics.get("batch_size") or config.batch_size, train=False)
+  fns = plan.task.diagnostic_fns()
   jit = lambda f: jax.jit(f, out_shardings=plan.replicated)
   acc = _abstract(jax.eval_shape(fns.init, state), plan.replicated)
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=plan.replicated)
   costs = {
-      "train_step": _cost(train_step.lower(state, train_batch).compile()),
+      "train_step": _cost(loop.jit_train_step(plan).lower(state, train_batch).compile()),
       "gradient_stats_update": _cost(jit(fns.accumulate).lower(state, acc, diag_batch).compile()),
       "power_iteration": _cost(jit(fns.power_step).lower(
-          state, state.params, diag_batch).compile()),
+          state, _abstract(state.params, plan.replicated), diag_batch).compile()),
       "round_summary": _cost(jit(fns.summarize).lower(
           state, acc, diag_batch, scalar, scalar).compile()),
   }

@@ -25,11 +25,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from invmeasure.analysis import figures
-from invmeasure.data import batching, sources
-from invmeasure.models import registry
-from invmeasure.training import checkpoints, config_checks, metric_writer, optim, step as step_lib
-from invmeasure.training.errors import ConfigError, TrainingError
-from invmeasure.training.state import RunState, init_run_state
+from invmeasure.training import checkpoints, config_checks, metric_writer, step as step_lib, tasks
+from invmeasure.training.errors import TrainingError
+from invmeasure.training.state import RunState, state_shardings
 
 
 def _host(tree):
@@ -65,21 +63,15 @@ class _Preemption:
 
 
 class _Batches:
-  """Global batches of each step, read one step ahead on a background thread."""
+  """Global batches of each step, the task's reads done one step ahead on a thread."""
 
-  def __init__(self, source, seed: int, batch_size: int, sharding: NamedSharding):
-    self._source, self._seed, self._batch_size, self._sharding = source, seed, batch_size, sharding
+  def __init__(self, task: tasks.Task, sharding: NamedSharding):
+    self._task, self._sharding = task, sharding
     self._pool = futures.ThreadPoolExecutor(1)
     self._pending: dict[int, futures.Future] = {}
 
-  def _read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None = None) -> dict:
-    local = batching.process_slice(indices, jax.process_index(), jax.process_count())
-    if augment_seed is not None:  # per-process seeds keep the crops of each example distinct
-      augment_seed = (*augment_seed, jax.process_index())
-    return self._source.read(local, augment_seed)
-
   def _submit(self, step: int) -> futures.Future:
-    return self._pool.submit(self._read, self._indices(step), (self._seed, step))
+    return self._pool.submit(self._task.train_batch, step)
 
   def train(self, step: int) -> dict:
     future = self._pending.pop(step, None) or self._submit(step)
@@ -88,12 +80,8 @@ class _Batches:
 
   def diagnostic(self, step: int, num_minibatches: int, batch_size: int) -> list[dict]:
     """The fresh minibatches of the diagnostic round at `step`, one global batch each."""
-    indices = batching.diagnostic_indices(self._seed, step, num_minibatches, batch_size,
-                                          len(self._source))
-    return [self._to_global(self._read(row)) for row in indices]
-
-  def _indices(self, step: int) -> np.ndarray:
-    return batching.train_indices(self._seed, step, self._batch_size, len(self._source))
+    return [self._to_global(local) for local in
+            self._task.diagnostic_batches(step, num_minibatches, batch_size)]
 
   def _to_global(self, local: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(self._sharding, v)
@@ -112,8 +100,8 @@ class _DiagnosticRound:
 
   def __init__(self, fns: step_lib.DiagnosticFns, replicated: NamedSharding,
                num_iters: int, tol: float):
-    # Inputs arrive placed (state replicated, minibatches split over 'data'); outputs
-    # are replicated so the next call and the checkpoint see the same layout.
+    # Inputs arrive placed (the state as `Plan.state_sharding`, minibatches split over
+    # 'data'); outputs are replicated so the next call and the checkpoint see one layout.
     self._init = jax.jit(fns.init, out_shardings=replicated)
     self._accumulate = jax.jit(fns.accumulate, out_shardings=replicated)
     self._power_step = jax.jit(fns.power_step, out_shardings=replicated)
@@ -138,42 +126,40 @@ class _DiagnosticRound:
 
 
 class Plan(NamedTuple):
-  """What a run is, derived from its config before any data is read or file written."""
-  task: step_lib.ImageTask
+  """What a run is, derived from its config before any file is written."""
+  task: tasks.Task
   schedule: optax.Schedule
   steps_per_epoch: int
   num_steps: int
   mesh: Mesh
-  replicated: NamedSharding      # the state: on every device
-  batch_sharding: NamedSharding  # batches: examples split over the 'data' axis
-  image_shape: tuple[int, ...]
+  replicated: NamedSharding      # on every device: the state but its task_state, metrics
+  batch_sharding: NamedSharding  # batches: examples (rows) split over the 'data' axis
+  state_sharding: RunState       # a NamedSharding per leaf (`state.state_shardings`)
 
 
-def make_plan(config: ml_collections.ConfigDict, num_examples: int) -> Plan:
-  """Checks the config (ConfigError) and builds the task, schedule and device mesh."""
+def make_plan(config: ml_collections.ConfigDict, abstract: bool = False) -> Plan:
+  """Checks the config (ConfigError), opens the data and builds the task and device mesh.
+
+  With `abstract` no data is read (`tasks.make_task`), for compiling ahead of time.
+  """
   config_checks.check_config(config, jax.device_count())
-  steps_per_epoch = batching.steps_per_epoch(num_examples, config.batch_size)
-  if steps_per_epoch < 1:
-    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {num_examples} "
-                      f"training examples of {config.dataset}")
-  num_steps = config.get("num_train_steps") or int(round(config.num_epochs * steps_per_epoch))
-  schedule = optim.make_schedule(config, steps_per_epoch, num_steps)
-  task = step_lib.ImageTask(
-      model=registry.make_model(config.model, num_classes=int(config.num_classes)),
-      tx=optim.make_optimizer(config, schedule), dataset=config.dataset,
-      augmentation=config.get("augmentation", "none"),
-      weight_decay=float(config.optimizer.get("weight_decay", 0.0)), seed=int(config.seed))
+  task = tasks.make_task(config, abstract)
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  return Plan(task, schedule, steps_per_epoch, num_steps, mesh, NamedSharding(mesh, P()),
-              NamedSharding(mesh, P("data")), sources.IMAGE_SHAPES[config.dataset])
+  shardings = state_shardings(jax.eval_shape(task.init_run_state, init_key(config)), mesh)
+  opt = task.optimization
+  return Plan(task, opt.schedule, opt.steps_per_epoch, opt.num_steps, mesh,
+              NamedSharding(mesh, P()), NamedSharding(mesh, P("data")), shardings)
 
 
 def init_state_fn(plan: Plan):
-  """Jitted `key -> RunState`, placed on every device."""
-  example = jnp.zeros((1, *plan.image_shape), jnp.uint8)
-  return jax.jit(lambda key: init_run_state(plan.task.model, plan.task.tx,
-                                            plan.task.preprocess(example, None), key),
-                 out_shardings=plan.replicated)
+  """Jitted `key -> RunState`, placed as `plan.state_sharding`."""
+  return jax.jit(plan.task.init_run_state, out_shardings=plan.state_sharding)
+
+
+def jit_train_step(plan: Plan):
+  """The task's train step, jitted over the plan's mesh; the state's buffers are reused."""
+  return jax.jit(plan.task.train_step, in_shardings=(plan.state_sharding, plan.batch_sharding),
+                 out_shardings=(plan.state_sharding, plan.replicated), donate_argnums=0)
 
 
 def init_key(config: ml_collections.ConfigDict) -> jax.Array:
@@ -184,12 +170,10 @@ def init_key(config: ml_collections.ConfigDict) -> jax.Array:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains as `config` says, measuring the diagnostics; returns the last metric row."""
   config_checks.check_workdir(workdir)
-  config_checks.check_config(config, jax.device_count())
-  source = sources.load_source(config.dataset, "train", config.get("data_dir"))
-  plan = make_plan(config, len(source))
+  plan = make_plan(config)
   task, schedule, steps_per_epoch, num_steps = (plan.task, plan.schedule, plan.steps_per_epoch,
                                                 plan.num_steps)
-  replicated, batch_sharding = plan.replicated, plan.batch_sharding
+  replicated = plan.replicated
 
   # Everything above may reject the config; only now is anything written.
   os.makedirs(workdir, exist_ok=True)
@@ -206,19 +190,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     _keep_rows_up_to(metrics_path, start if latest is not None else -1)
 
-  train_step = jax.jit(step_lib.make_train_step(task), in_shardings=(replicated, batch_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
+  train_step = jit_train_step(plan)
   diag_cfg = config.diagnostics
-  diagnostic_round = _DiagnosticRound(step_lib.make_diagnostic_fns(task), replicated,
+  diagnostic_round = _DiagnosticRound(task.diagnostic_fns(), replicated,
                                       int(diag_cfg.sharpness_iters),
                                       float(diag_cfg.get("sharpness_tol", 0.0)))
   all_finite = jax.jit(
       lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])),
       out_shardings=replicated)
-  reset_sums = jax.jit(_reset_sums, static_argnums=1, out_shardings=replicated,
+  reset_sums = jax.jit(_reset_sums, static_argnums=1, out_shardings=plan.state_sharding,
                        donate_argnums=0)
 
-  batches = _Batches(source, int(config.seed), int(config.batch_size), batch_sharding)
+  batches = _Batches(task, plan.batch_sharding)
   writer = metric_writer.MetricWriter(metrics_path) if jax.process_index() == 0 else None
   tensorboard = _tensorboard(workdir)
   preemption = _Preemption()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 class RunState(NamedTuple):
@@ -16,6 +18,10 @@ class RunState(NamedTuple):
   init_params: Any           # the weights at step 0, for the distance travelled
   sharpness_vector: Any      # last top eigenvector, warm start of the next round
   sums: dict                 # loss sums since the last row / in this epoch, last update norm
+  # What a task carries from one step to the next besides the weights, one entry per row
+  # of the global batch along every leaf's leading axis (e.g. Transformer-XL's memory);
+  # () when nothing is carried.
+  task_state: Any = ()
 
 
 def zero_sums() -> dict:
@@ -24,15 +30,26 @@ def zero_sums() -> dict:
           "update_norm": zero}
 
 
-def init_run_state(model, tx, example_images, key: jax.Array) -> RunState:
+def init_run_state(init_variables: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                   key: jax.Array, task_state: Any = ()) -> RunState:
+  """The state at step 0: `init_variables(key)` gives the model's variables ('params' and
+  any other collections); the first sharpness vector is Gaussian."""
   init_key, vector_key = jax.random.split(key)
-  variables = dict(model.init(init_key, example_images, train=False))
+  variables = dict(init_variables(init_key))
   params = variables.pop("params")
   vector = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape, p.dtype), params,
                         _split_like(vector_key, params))
   return RunState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                   opt_state=tx.init(params), init_params=params, sharpness_vector=vector,
-                  sums=zero_sums())
+                  sums=zero_sums(), task_state=task_state)
+
+
+def state_shardings(state: RunState, mesh: Mesh) -> RunState:
+  """Where each leaf of `state` (concrete or abstract) lives: `task_state` split by rows
+  over the 'data' axis, like the batches it goes with; everything else on every device."""
+  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  shardings = jax.tree.map(lambda _: replicated, state._replace(task_state=()))
+  return shardings._replace(task_state=jax.tree.map(lambda _: rows, state.task_state))
 
 
 def _split_like(key, tree):

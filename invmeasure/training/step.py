@@ -1,74 +1,70 @@
-"""The pure train step and the diagnostic round, for image classifiers.
+"""What every task's train step and diagnostic round share.
 
-Both are functions of (state, batch) that `loop.py` jits over a device mesh. Randomness
-(augmentation, dropout) comes from `fold_in(key, step)`, so a step's result depends on
-nothing but the state and the batch.
+A task (`invmeasure.training.tasks`) computes its minibatch loss and gradient; the pieces
+here turn them into the next `RunState` (optimizer update, loss sums) and measure the
+paper's quantities on K minibatches. Everything is a pure function of (state, batch) that
+`loop.py` jits over a device mesh; randomness comes from `step_key(seed, step)`, so a
+step's result depends on nothing but the state and the batch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from invmeasure import diagnostics as dg
-from invmeasure.data import augment
-from invmeasure.models import losses
+from invmeasure.training import optim
 from invmeasure.training.state import RunState
 
+# (state, minibatch) -> (loss_fn, batch): the deterministic loss a round differentiates.
+LossAndBatch = Callable[[RunState, dict], tuple[Callable, dict]]
 
-@dataclasses.dataclass(frozen=True)
-class ImageTask:
-  """What the step needs to know about the model, data and optimizer."""
-  model: nn.Module
+
+class Optimization(NamedTuple):
+  """How long a run is and how it steps, derived from the config and the epoch length."""
+  steps_per_epoch: int
+  num_steps: int
+  schedule: optax.Schedule
   tx: optax.GradientTransformation
-  dataset: str                 # selects the normalisation statistics
-  augmentation: str            # 'none' or 'crop_flip' (training batches only)
-  weight_decay: float          # lambda of F = f + lambda/2 ||x||^2
-  seed: int
-
-  def preprocess(self, images: jax.Array, key: jax.Array | None) -> jax.Array:
-    if key is not None and self.augmentation == "crop_flip":
-      images = augment.random_crop_flip(key, images, padding=4)
-    return augment.normalize(self.dataset, images)
-
-  def batch_loss(self, params, model_state, images, labels, dropout_key):
-    """Mean loss in training mode and the updated model state (BatchNorm statistics)."""
-    variables = {"params": params, **model_state}
-    rngs = {"dropout": dropout_key}
-    if model_state:
-      logits, new_state = self.model.apply(variables, images, train=True,
-                                           mutable=list(model_state), rngs=rngs)
-    else:
-      logits, new_state = self.model.apply(variables, images, train=True, rngs=rngs), model_state
-    return losses.softmax_cross_entropy(logits, labels), new_state
 
 
-def make_train_step(task: ImageTask) -> Callable[[RunState, dict], tuple[RunState, dict]]:
-  base_key = jax.random.key(task.seed)
+def make_optimization(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Optimization:
+  """Steps (`num_train_steps`, or `num_epochs` epochs), learning-rate schedule and optimizer.
 
-  def train_step(state: RunState, batch: dict) -> tuple[RunState, dict]:
-    augment_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, state.step))
-    images = task.preprocess(batch["image"], augment_key)
-    grad_fn = jax.value_and_grad(task.batch_loss, has_aux=True)
-    (loss, model_state), grads = grad_fn(state.params, state.model_state, images,
-                                         batch["label"], dropout_key)
-    updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    sums = dict(state.sums)
-    for name in ("log", "epoch"):
-      sums[f"{name}_loss"] = sums[f"{name}_loss"] + loss
-      sums[f"{name}_count"] = sums[f"{name}_count"] + 1
-    sums["update_norm"] = dg.tree_norm(updates)
-    new_state = state._replace(step=state.step + 1, params=params, model_state=model_state,
-                               opt_state=opt_state, sums=sums)
-    return new_state, {"loss": loss}
+  With `optimizer.clip_norm` > 0 the gradient's global norm is clipped to it before the
+  optimizer sees it (weight decay is added after), as PyTorch's `clip_grad_norm_`.
+  """
+  num_steps = config.get("num_train_steps") or int(round(config.num_epochs * steps_per_epoch))
+  schedule = optim.make_schedule(config, steps_per_epoch, num_steps)
+  tx = optim.make_optimizer(config, schedule)
+  clip_norm = config.optimizer.get("clip_norm", 0.0)
+  if clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+  return Optimization(steps_per_epoch, num_steps, schedule, tx)
 
-  return train_step
+
+def step_key(seed: int, step: jax.Array) -> jax.Array:
+  """The key of a step's randomness (augmentation, dropout)."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def apply_gradients(tx: optax.GradientTransformation, state: RunState, loss: jax.Array,
+                    grads, **changes) -> RunState:
+  """The state after one optimizer step on `grads`, with `loss` added to the sums and
+  the other fields in `changes` (e.g. a new model state) replaced."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  sums = dict(state.sums)
+  for name in ("log", "epoch"):
+    sums[f"{name}_loss"] = sums[f"{name}_loss"] + loss
+    sums[f"{name}_count"] = sums[f"{name}_count"] + 1
+  sums["update_norm"] = dg.tree_norm(updates)
+  return state._replace(step=state.step + 1, params=params, opt_state=opt_state, sums=sums,
+                        **changes)
 
 
 class DiagnosticFns(NamedTuple):
@@ -84,22 +80,16 @@ class DiagnosticFns(NamedTuple):
   summarize: Callable   # (state, acc, minibatch, eigenvalue, residual) -> metric row
 
 
-def make_diagnostic_fns(task: ImageTask) -> DiagnosticFns:
+def make_diagnostic_fns(loss_and_batch: LossAndBatch, tx: optax.GradientTransformation,
+                        weight_decay: float) -> DiagnosticFns:
   """Measures the paper's quantities at the current weights on K fresh minibatches.
 
-  The minibatches are un-augmented training images. The loss is the training-mode
-  function (BatchNorm on each minibatch's own statistics, running averages untouched,
-  one fixed dropout mask per round), i.e. the function whose gradient SGD follows.
-  Sharpness is measured on the first minibatch, warm-started from the previous round's
-  eigenvector.
+  `loss_and_batch` gives the task's deterministic minibatch loss at the state and the
+  minibatch as that loss takes it. Gradient statistics are over all K minibatches;
+  sharpness is measured on the first, warm-started from the previous round's
+  eigenvector; the update is what `tx` would do with the first minibatch's gradient;
+  `weight_decay` is the lambda of F = f + lambda/2 ||x||^2.
   """
-  base_key = jax.random.key(task.seed + 1)
-
-  def loss_and_batch(state: RunState, minibatch: dict):
-    key = jax.random.fold_in(base_key, state.step)
-    loss_fn = losses.linen_loss_fn(task.model, state.model_state, train=True, dropout_key=key)
-    return loss_fn, {"image": task.preprocess(minibatch["image"], None),
-                     "label": minibatch["label"]}
 
   def init(state: RunState):
     return dg.gradient_stats_init(state.params)
@@ -118,9 +108,9 @@ def make_diagnostic_fns(task: ImageTask) -> DiagnosticFns:
     params = state.params
     stats = dg.gradient_stats_finalize(acc)
     minibatch_grad = jax.grad(loss_fn)(params, first)
-    update, _ = task.tx.update(minibatch_grad, state.opt_state, params)
-    objective_grad = jax.tree.map(lambda g, p: g + task.weight_decay * p,
-                                  stats.mean_gradient, params)
+    update, _ = tx.update(minibatch_grad, state.opt_state, params)
+    objective_grad = jax.tree.map(lambda g, p: g + weight_decay * p, stats.mean_gradient,
+                                  params)
     return {
         "full_loss": stats.loss,
         "grad_norm": stats.grad_norm,

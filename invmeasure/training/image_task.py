@@ -1,0 +1,125 @@
+"""Image classification: the task of the ImageNet, CIFAR-10 and quickstart configs.
+
+Training batches walk a fresh permutation of the training set every epoch and diagnostic
+minibatches are drawn apart from them (`invmeasure.data.batching`), both read from a
+random-access source, so the batches of any step are a pure function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from invmeasure.data import augment, batching, sources
+from invmeasure.models import losses, registry
+from invmeasure.training import state as state_lib, step as step_lib
+from invmeasure.training.errors import ConfigError
+from invmeasure.training.state import RunState
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTask:
+  """A classifier trained on labelled images (see `tasks.Task` for the interface)."""
+  model: nn.Module
+  optimization: step_lib.Optimization
+  dataset: str                 # selects the normalisation statistics
+  augmentation: str            # 'none' or 'crop_flip' (training batches only)
+  weight_decay: float          # lambda of F = f + lambda/2 ||x||^2
+  seed: int
+  batch_size: int              # global training batch
+  image_shape: tuple[int, ...]  # one example as the device sees it
+  source: sources.Source | None  # None: sizes only (a dry run reads no data)
+  num_examples: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, abstract: bool = False) -> ImageTask:
+    """The task of a checked config; `abstract` plans with the known training-set size."""
+    model = registry.make_model(config.model, int(config.num_classes))
+    if abstract:
+      source, num_examples = None, sources.NUM_TRAIN_EXAMPLES[config.dataset]
+    else:
+      source = sources.load_source(config.dataset, "train", config.get("data_dir"))
+      num_examples = len(source)
+    steps_per_epoch = batching.steps_per_epoch(num_examples, config.batch_size)
+    if steps_per_epoch < 1:
+      raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {num_examples} "
+                        f"training examples of {config.dataset}")
+    return cls(model=model, optimization=step_lib.make_optimization(config, steps_per_epoch),
+               dataset=config.dataset, augmentation=config.get("augmentation", "none"),
+               weight_decay=float(config.optimizer.get("weight_decay", 0.0)),
+               seed=int(config.seed), batch_size=int(config.batch_size),
+               image_shape=sources.IMAGE_SHAPES[config.dataset], source=source,
+               num_examples=num_examples)
+
+  def preprocess(self, images: jax.Array, key: jax.Array | None) -> jax.Array:
+    if key is not None and self.augmentation == "crop_flip":
+      images = augment.random_crop_flip(key, images, padding=4)
+    return augment.normalize(self.dataset, images)
+
+  def batch_loss(self, params, model_state, images, labels, dropout_key):
+    """Mean loss in training mode and the updated model state (BatchNorm statistics)."""
+    variables = {"params": params, **model_state}
+    rngs = {"dropout": dropout_key}
+    if model_state:
+      logits, new_state = self.model.apply(variables, images, train=True,
+                                           mutable=list(model_state), rngs=rngs)
+    else:
+      logits, new_state = self.model.apply(variables, images, train=True, rngs=rngs), model_state
+    return losses.softmax_cross_entropy(logits, labels), new_state
+
+  def init_run_state(self, key: jax.Array) -> RunState:
+    example = self.preprocess(jnp.zeros((1, *self.image_shape), jnp.uint8), None)
+    return state_lib.init_run_state(lambda k: self.model.init(k, example, train=False),
+                                    self.optimization.tx, key)
+
+  def train_step(self, state: RunState, batch: dict) -> tuple[RunState, dict]:
+    augment_key, dropout_key = jax.random.split(step_lib.step_key(self.seed, state.step))
+    images = self.preprocess(batch["image"], augment_key)
+    grad_fn = jax.value_and_grad(self.batch_loss, has_aux=True)
+    (loss, model_state), grads = grad_fn(state.params, state.model_state, images,
+                                         batch["label"], dropout_key)
+    new_state = step_lib.apply_gradients(self.optimization.tx, state, loss, grads,
+                                         model_state=model_state)
+    return new_state, {"loss": loss}
+
+  def diagnostic_fns(self) -> step_lib.DiagnosticFns:
+    """The round's loss: un-augmented training images, the training-mode function
+    (BatchNorm on each minibatch's own statistics, running averages untouched, one
+    fixed dropout mask per round), i.e. the function whose gradient SGD follows."""
+
+    def loss_and_batch(state: RunState, minibatch: dict):
+      key = step_lib.step_key(self.seed + 1, state.step)
+      loss_fn = losses.linen_loss_fn(self.model, state.model_state, train=True,
+                                     dropout_key=key)
+      return loss_fn, {"image": self.preprocess(minibatch["image"], None),
+                       "label": minibatch["label"]}
+
+    return step_lib.make_diagnostic_fns(loss_and_batch, self.optimization.tx,
+                                        self.weight_decay)
+
+  def _read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None = None) -> dict:
+    """This process's share of the examples at global `indices`."""
+    local = batching.process_slice(indices, jax.process_index(), jax.process_count())
+    if augment_seed is not None:  # per-process seeds keep the crops of each example distinct
+      augment_seed = (*augment_seed, jax.process_index())
+    return self.source.read(local, augment_seed)
+
+  def train_batch(self, step: int) -> dict[str, np.ndarray]:
+    indices = batching.train_indices(self.seed, step, self.batch_size, self.num_examples)
+    return self._read(indices, (self.seed, step))
+
+  def diagnostic_batches(self, step: int, num_minibatches: int,
+                         batch_size: int) -> list[dict[str, np.ndarray]]:
+    indices = batching.diagnostic_indices(self.seed, step, num_minibatches, batch_size,
+                                          self.num_examples)
+    return [self._read(row) for row in indices]
+
+  def abstract_batch(self, batch_size: int, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
+    del train  # training and diagnostic minibatches hold the same fields
+    return {"image": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.uint8),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
