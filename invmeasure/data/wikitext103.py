@@ -42,6 +42,11 @@ DIRECTORY = "wikitext-103"
 ARCHIVE = "wikitext-103-v1.zip"
 SPLIT_FILES = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens",
                "test": "wiki.test.tokens"}
+# The sizes of the official corpus, for planning a run (e.g. a dry run) without its data:
+# the vocabulary as built here (Transformer-XL's `n_token` for wt103) and the training
+# stream's length, one `<eos>` per line included (the published count).
+VOCAB_SIZE = 267_735
+NUM_TRAIN_TOKENS = 103_227_021
 
 _INSTRUCTIONS = f"""\
 Put the official word-level WikiText-103 in the manual dir, either the `{DIRECTORY}`
