@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from invmeasure.models import resnet, small
+from invmeasure.models import resnet, small, transformer_xl
 from invmeasure.training.errors import ConfigError
 
 
@@ -40,11 +40,18 @@ def _resnet(cfg, num_classes):
                        dtype=_DTYPES[dtype])
 
 
-MODELS = {"small_cnn": _small_cnn, "mlp": _mlp, "resnet": _resnet}
+MODELS = {"small_cnn": _small_cnn, "mlp": _mlp, "resnet": _resnet,
+          "transformer_xl": transformer_xl.transformer_xl}
+# The models that read token segments (language-model data sets); the others classify images.
+LANGUAGE_MODELS = ("transformer_xl",)
 
 
 def make_model(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The classifier named by `config.model.name`, sized by the other model fields."""
+  """The model named by `config.model.name`, sized by the other model fields.
+
+  `num_classes` is the number of outputs: a classifier's classes, a language model's
+  vocabulary size.
+  """
   try:
     build = MODELS[cfg.name]
   except KeyError:

@@ -6,7 +6,7 @@ import os
 
 import ml_collections
 
-from invmeasure.data import sources
+from invmeasure.data import sources, text_sources
 from invmeasure.models import registry
 from invmeasure.training import optim
 from invmeasure.training.errors import ConfigError
@@ -25,10 +25,11 @@ def check_workdir(workdir: str) -> None:
                       "(it is created if missing)")
 
 
-REQUIRED = ("seed", "dataset", "num_classes", "model.name", "batch_size", "optimizer.name",
+REQUIRED = ("seed", "dataset", "model.name", "batch_size", "optimizer.name",
             "optimizer.learning_rate", "schedule.name", "diagnostics.every_steps",
             "diagnostics.num_minibatches", "diagnostics.sharpness_iters",
             "checkpoint_every_steps", "log_every_steps")
+DATASETS = sources.DATASETS + text_sources.DATASETS
 
 
 def _has(config, dotted: str) -> bool:
@@ -46,12 +47,23 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   if missing:
     raise ConfigError(f"config.{missing[0]} is missing; a training config needs "
                       f"{', '.join(REQUIRED)} (see configs/quickstart.py)")
-  if config.dataset not in sources.DATASETS:
+  if config.dataset not in DATASETS:
     raise ConfigError(f"config.dataset={config.dataset!r} is unknown; choose one of "
-                      f"{', '.join(sources.DATASETS)}")
+                      f"{', '.join(DATASETS)}")
+  text = config.dataset in text_sources.DATASETS
+  if not text and not _has(config, "num_classes"):  # a language model's comes from the data
+    raise ConfigError("config.num_classes is missing; an image data set needs it "
+                      "(see configs/quickstart.py)")
   if config.model.name not in registry.MODELS:
     raise ConfigError(f"config.model.name={config.model.name!r} is unknown; choose one of "
                       f"{', '.join(sorted(registry.MODELS))}")
+  if text != (config.model.name in registry.LANGUAGE_MODELS):
+    kind, choices = (("a language model", registry.LANGUAGE_MODELS) if text else
+                     ("an image classifier",
+                      sorted(set(registry.MODELS) - set(registry.LANGUAGE_MODELS))))
+    raise ConfigError(f"config.model.name={config.model.name!r} does not fit "
+                      f"config.dataset={config.dataset!r}, which needs {kind}: one of "
+                      f"{', '.join(choices)}")
   if config.optimizer.name not in optim.OPTIMIZERS:
     raise ConfigError(f"config.optimizer.name={config.optimizer.name!r} is unknown; "
                       f"choose one of {', '.join(optim.OPTIMIZERS)}")
@@ -70,6 +82,9 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   if config.optimizer.get("weight_decay", 0.0) < 0:
     raise ConfigError(f"config.optimizer.weight_decay={config.optimizer.weight_decay} "
                       "must be >= 0")
+  if config.optimizer.get("clip_norm", 0.0) < 0:
+    raise ConfigError(f"config.optimizer.clip_norm={config.optimizer.clip_norm} must be "
+                      ">= 0 (0: no clipping)")
   if not 0 <= config.optimizer.get("momentum", 0.0) < 1:
     raise ConfigError(f"config.optimizer.momentum={config.optimizer.momentum} must be "
                       "in [0, 1)")

@@ -5,6 +5,7 @@ A task owns everything that depends on what is learnt from what, so that the loo
 how the state is initialised, the pure train step, the loss of the diagnostic round, and
 which data each step reads. Kinds:
 - `ImageTask` (image_task.py): classifiers on digits, CIFAR-10, ImageNet.
+- `LanguageModelTask` (lm_task.py): Transformer-XL on tiny_text or WikiText-103.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from invmeasure.data import text_sources
 from invmeasure.training import step as step_lib
 from invmeasure.training.image_task import ImageTask
+from invmeasure.training.lm_task import LanguageModelTask
 from invmeasure.training.state import RunState
 
 
@@ -55,4 +58,6 @@ def make_task(config: ml_collections.ConfigDict, abstract: bool = False) -> Task
   With `abstract` nothing is read: the data set's known sizes stand in for it, and only
   the jittable parts and `abstract_batch` may be used.
   """
+  if config.dataset in text_sources.DATASETS:
+    return LanguageModelTask.from_config(config, abstract)
   return ImageTask.from_config(config, abstract)
