@@ -412,7 +412,8 @@ def describe(sizes: Sizes, num_params: int, args: argparse.Namespace, torch_on: 
   return (f"{versions}; {platform.machine()}, {os.cpu_count()} cores, {setup}; CNN widths "
           f"{sizes.widths} + dense {sizes.hidden}, {num_params} params; batch {sizes.batch} "
           f"of {sizes.image}x{sizes.image}x3; K={sizes.k}; gradient_stats unroll="
-          f"{args.stats_unroll}; median of {sizes.repeats} interleaved runs after a warm-up")
+          f"{args.stats_unroll}; median of {sizes.repeats} interleaved runs after a warm-up; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -151,7 +151,8 @@ def describe(sizes: Sizes) -> str:
   return (f"jax {jax.__version__} on {jax.default_backend()} ({platform.machine()}, "
           f"{os.cpu_count()} cores); CNN widths {sizes.widths}, batch {sizes.batch} of "
           f"{sizes.image}x{sizes.image}x3, K={sizes.num_grads}; median of {sizes.repeats} "
-          "runs after a warm-up; (a)-(d) vs (a), conv rows vs their plain row")
+          "runs after a warm-up; (a)-(d) vs (a), conv rows vs their plain row; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

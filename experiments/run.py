@@ -5,14 +5,7 @@ r"""Runs one experiment of the project from a config file.
 Fields can be overridden on the command line, e.g. `--config.num_steps=100`.
 """
 
-import os
 import sys
-
-# XLA:CPU's experimental YNN fusion doubles the time of convolution gradients on x86 CPUs
-# (docs/benchmarks.md); XLA reads the flag when its backend starts, after this line.
-if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_cpu_experimental_ynn_fusion_type=").strip()
 
 from absl import app
 from absl import flags
