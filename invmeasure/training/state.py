@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from invmeasure import diagnostics as dg
+
 
 class RunState(NamedTuple):
   step: jax.Array            # optimizer steps done
@@ -37,8 +39,7 @@ def init_run_state(init_variables: Callable[[jax.Array], Any], tx: optax.Gradien
   init_key, vector_key = jax.random.split(key)
   variables = dict(init_variables(init_key))
   params = variables.pop("params")
-  vector = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape, p.dtype), params,
-                        _split_like(vector_key, params))
+  vector = dg.tree_random_like(vector_key, params)
   return RunState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                   opt_state=tx.init(params), init_params=params, sharpness_vector=vector,
                   sums=zero_sums(), task_state=task_state)
@@ -51,7 +52,3 @@ def state_shardings(state: RunState, mesh: Mesh) -> RunState:
   shardings = jax.tree.map(lambda _: replicated, state._replace(task_state=()))
   return shardings._replace(task_state=jax.tree.map(lambda _: rows, state.task_state))
 
-
-def _split_like(key, tree):
-  leaves, treedef = jax.tree.flatten(tree)
-  return jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
