@@ -87,19 +87,17 @@ class ImageTask:
                                          model_state=model_state)
     return new_state, {"loss": loss}
 
+  def diagnostic_loss(self, state: RunState, minibatch: dict):
+    """The round's loss and its batch: un-augmented training images, the training-mode
+    function (BatchNorm on each minibatch's own statistics, running averages untouched,
+    one fixed dropout mask per step), i.e. the function whose gradient SGD follows."""
+    key = step_lib.step_key(self.seed + 1, state.step)
+    loss_fn = losses.linen_loss_fn(self.model, state.model_state, train=True, dropout_key=key)
+    return loss_fn, {"image": self.preprocess(minibatch["image"], None),
+                     "label": minibatch["label"]}
+
   def diagnostic_fns(self) -> step_lib.DiagnosticFns:
-    """The round's loss: un-augmented training images, the training-mode function
-    (BatchNorm on each minibatch's own statistics, running averages untouched, one
-    fixed dropout mask per round), i.e. the function whose gradient SGD follows."""
-
-    def loss_and_batch(state: RunState, minibatch: dict):
-      key = step_lib.step_key(self.seed + 1, state.step)
-      loss_fn = losses.linen_loss_fn(self.model, state.model_state, train=True,
-                                     dropout_key=key)
-      return loss_fn, {"image": self.preprocess(minibatch["image"], None),
-                       "label": minibatch["label"]}
-
-    return step_lib.make_diagnostic_fns(loss_and_batch, self.optimization.tx,
+    return step_lib.make_diagnostic_fns(self.diagnostic_loss, self.optimization.tx,
                                         self.weight_decay)
 
   def _read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None = None) -> dict:

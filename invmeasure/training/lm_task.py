@@ -112,14 +112,13 @@ class LanguageModelTask:
                                          task_state=new_memory)
     return new_state, {"loss": loss}
 
-  def diagnostic_fns(self) -> step_lib.DiagnosticFns:
+  def diagnostic_loss(self, state: RunState, minibatch: dict):
     """The round's loss: random segments, empty memory, dropout off (module docstring)."""
+    del state  # the loss is the same function of the weights at every step
+    return (lambda params, batch: self.loss(params, batch, None)[0]), minibatch
 
-    def loss_and_batch(state: RunState, minibatch: dict):
-      del state  # the loss is the same function of the weights at every step
-      return (lambda params, batch: self.loss(params, batch, None)[0]), minibatch
-
-    return step_lib.make_diagnostic_fns(loss_and_batch, self.optimization.tx,
+  def diagnostic_fns(self) -> step_lib.DiagnosticFns:
+    return step_lib.make_diagnostic_fns(self.diagnostic_loss, self.optimization.tx,
                                         self.weight_decay)
 
   def _rows(self, batch_size: int) -> range:

@@ -111,6 +111,10 @@ def make_diagnostic_fns(loss_and_batch: LossAndBatch, tx: optax.GradientTransfor
     update, _ = tx.update(minibatch_grad, state.opt_state, params)
     objective_grad = jax.tree.map(lambda g, p: g + weight_decay * p, stats.mean_gradient,
                                   params)
+    # grad F from the other K - 1 minibatches, so that it is independent of `update`.
+    k = stats.num_minibatches.astype(jnp.float32)
+    others_grad = jax.tree.map(lambda m, g, p: (k * m - g) / (k - 1) + weight_decay * p,
+                               stats.mean_gradient, minibatch_grad, params)
     return {
         "full_loss": stats.loss,
         "grad_norm": stats.grad_norm,
@@ -121,6 +125,10 @@ def make_diagnostic_fns(loss_and_batch: LossAndBatch, tx: optax.GradientTransfor
         "sharpness": eigenvalue,
         "sharpness_residual": residual,
         "update_sharpness": dg.directional_sharpness(loss_fn, params, first, update),
+        # Equation (10) in the update's terms: at an invariant measure the expected
+        # -<grad F, u> balances (1/2)(update_sharpness + lambda) ||u||^2.
+        "update_descent": -dg.tree_vdot(others_grad, update),
+        "diagnostic_update_norm": dg.tree_norm(update),
         "gradient_sharpness": dg.directional_sharpness(loss_fn, params, first,
                                                        stats.mean_gradient),
         "minibatch_grad_norm": dg.tree_norm(minibatch_grad),

@@ -26,7 +26,7 @@ from invmeasure.training.state import RunState
 class Task(Protocol):
   """What the loop needs of a task.
 
-  The jittable parts (`init_run_state`, `train_step`, `diagnostic_fns`) see global
+  The jittable parts (`init_run_state`, `train_step`, `diagnostic_loss`, `diagnostic_fns`) see global
   arrays; the data parts run on the host and return this process's share of a global
   batch (its rows), as numpy, a pure function of (seed, step).
   """
@@ -37,6 +37,10 @@ class Task(Protocol):
 
   def train_step(self, state: RunState, batch: dict) -> tuple[RunState, dict]:
     """One optimizer step on the global batch; returns the new state and {'loss': ...}."""
+
+  def diagnostic_loss(self, state: RunState, minibatch: dict) -> tuple:
+    """(loss_fn, batch): the deterministic minibatch loss the round measures at `state`,
+    `loss_fn(params, batch)`, and the minibatch as that loss takes it."""
 
   def diagnostic_fns(self) -> step_lib.DiagnosticFns:
     """The pieces of a diagnostic round (`step.make_diagnostic_fns` of the task's loss)."""
