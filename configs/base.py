@@ -37,5 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.diagnostics.num_minibatches = 16  # K training-size minibatches per round
   config.diagnostics.sharpness_iters = 5  # power iterations (the paper: 5 to 10)
   config.diagnostics.sharpness_tol = 0.0  # early stop on relative change (0: run all)
+  # Weights (and the last update) projected on fixed random directions, written to
+  # projections.jsonl: the samples of the empirical measure of the iterates.
+  config.diagnostics.num_projections = 8  # directions (0: record none)
+  config.diagnostics.projection_every_steps = 100  # a projection row every this many steps
+
+  config.checkpoint_max_to_keep = 2  # the latest this many checkpoints are kept
   return config
 

@@ -31,6 +31,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.diagnostics.every_steps = 46  # once an epoch
   config.diagnostics.at_epoch_end = True  # and at every epoch's end (paper eq. 3)
 
+  config.diagnostics.projection_every_steps = 5  # ~1,800 samples of the iterates' measure
+
   config.log_every_steps = 46  # a training row (mean minibatch loss) every this many steps
   config.checkpoint_every_steps = 920
 
@@ -39,6 +41,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.widths = (8,)
     config.diagnostics.every_steps = 4
     config.diagnostics.num_minibatches = 2
+    config.diagnostics.projection_every_steps = 3
     config.log_every_steps = 2
     config.checkpoint_every_steps = 4
   elif arg:

@@ -34,6 +34,10 @@ def rows(workdir):
   return metric_writer.read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
 
+def projection_rows(workdir):
+  return metric_writer.read_metrics(os.path.join(workdir, "projections.jsonl"))
+
+
 def final_params(workdir):
   """(step, the whole saved run state) of the latest checkpoint."""
   directory = os.path.join(workdir, "checkpoints")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.driver import (REPO, assert_rows_close, assert_same_params, command, final_params,
-                          flatten, kill_when, rows, run)
+                          flatten, kill_when, projection_rows, rows, run)
 
 # A run long enough to be killed in the middle: 120 steps, rows every 2 steps.
 LONG = ["--config.num_train_steps=120", "--config.checkpoint_every_steps=20",
@@ -47,6 +47,10 @@ def test_rows_follow_the_metrics_contract(reference):
   config = json.load(open(os.path.join(reference, "config.json")))
   assert config["num_train_steps"] == 120 and config["dataset"] == "digits"
   assert os.listdir(os.path.join(reference, "tensorboard"))
+  # Projections every 3 steps (the tiny config), the update's from step 3 on.
+  projected = projection_rows(reference)
+  assert [r["step"] for r in projected] == list(range(0, 121, 3))
+  assert "update" not in projected[0] and all(len(r["update"]) == 8 for r in projected[1:])
 
 
 def test_sigkill_at_any_moment_then_resume_gives_identical_rows_and_weights(reference, tmp_path):
@@ -58,6 +62,7 @@ def test_sigkill_at_any_moment_then_resume_gives_identical_rows_and_weights(refe
     kill_when(process, workdir, int(min_step))
   run(workdir, *LONG)
   assert rows(workdir) == rows(reference)
+  assert projection_rows(workdir) == projection_rows(reference)
   step, params = final_params(workdir)
   ref_step, ref_params = final_params(reference)
   assert step == ref_step == 120
@@ -81,6 +86,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues(reference, tmp_path)
     assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
   run(workdir, *LONG)
   assert rows(workdir) == rows(reference)
+  assert projection_rows(workdir) == projection_rows(reference)
 
 
 def test_one_device_matches_eight(reference, tmp_path):

@@ -90,7 +90,11 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
                       "in [0, 1)")
   for field in ("log_every_steps", "checkpoint_every_steps"):
     _positive(config[field], field, int)
+  _positive(config.get("checkpoint_max_to_keep", 2), "checkpoint_max_to_keep", int)
   diag = config.diagnostics
+  if diag.get("num_projections", 0):
+    _positive(diag.num_projections, "diagnostics.num_projections", int)
+    _positive(diag.get("projection_every_steps"), "diagnostics.projection_every_steps", int)
   if diag.every_steps:
     _positive(diag.every_steps, "diagnostics.every_steps", int)
     if diag.num_minibatches < 2:

@@ -25,7 +25,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from invmeasure.analysis import figures
-from invmeasure.training import checkpoints, config_checks, metric_writer, step as step_lib, tasks
+from invmeasure.training import (checkpoints, config_checks, metric_writer, projections,
+                                 step as step_lib, tasks)
 from invmeasure.training.errors import TrainingError
 from invmeasure.training.state import RunState, state_shardings
 
@@ -181,14 +182,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   state = init_state_fn(plan)(init_key(config))
-  checkpointer = checkpoints.Checkpointer(workdir)
+  checkpointer = checkpoints.Checkpointer(workdir, int(config.get("checkpoint_max_to_keep", 2)))
   latest = checkpointer.latest_step()
   if latest is not None:
     state = checkpointer.restore(state, latest)
   start = int(_host(state.step))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  projections_path = os.path.join(workdir, projections.PROJECTIONS_FILE)
   if jax.process_index() == 0:
-    _keep_rows_up_to(metrics_path, start if latest is not None else -1)
+    for path in (metrics_path, projections_path):
+      _keep_rows_up_to(path, start if latest is not None else -1)
 
   train_step = jit_train_step(plan)
   diag_cfg = config.diagnostics
@@ -201,8 +204,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   reset_sums = jax.jit(_reset_sums, static_argnums=1, out_shardings=plan.state_sharding,
                        donate_argnums=0)
 
+  num_projections = int(diag_cfg.get("num_projections", 0))
+  project_every = int(diag_cfg.get("projection_every_steps", 0)) if num_projections else 0
+  project = jax.jit(projections.make_projection(num_projections, config.seed),
+                    out_shardings=replicated)
+  before_update = None  # the projection before the step that ends on a projection row
+
   batches = _Batches(task, plan.batch_sharding)
   writer = metric_writer.MetricWriter(metrics_path) if jax.process_index() == 0 else None
+  projection_writer = (metric_writer.MetricWriter(projections_path)
+                       if project_every and jax.process_index() == 0 else None)
   tensorboard = _tensorboard(workdir)
   preemption = _Preemption()
   progress = _progress(start, num_steps)
@@ -234,13 +245,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           tensorboard.add_scalar(name, value, done)
     last_row = row
 
+  def record_projection(state: RunState, done: int) -> None:
+    weights = _host(project(state.params))
+    row = {"step": done, "weights": weights}
+    if before_update is not None:
+      row["update"] = weights - _host(before_update)
+    if projection_writer:
+      projection_writer.write(row)
+
   try:
+    if start == 0 and project_every:
+      record_projection(state, 0)
     if start == 0 and diag_cfg.every_steps:
       state, row = measure(state, 0)
       emit(row, 0)
     for step in range(start, num_steps):
+      if project_every and (step + 1) % project_every == 0:
+        before_update = project(state.params)  # read back only with the row
       state, _ = train_step(state, batches.train(step))
       done = step + 1
+      if project_every and done % project_every == 0:
+        record_projection(state, done)
       row = {}
       if done % config.log_every_steps == 0 or done == num_steps:
         sums = _host(state.sums)
@@ -275,8 +300,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     checkpointer.close()
     batches.close()
-    if writer:
-      writer.close()
+    for open_writer in (writer, projection_writer):
+      if open_writer:
+        open_writer.close()
     if tensorboard:
       tensorboard.close()
     if progress is not None:
