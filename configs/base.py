@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0  # weights, data order, augmentation and diagnostic minibatches
   config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir; None: the default
   config.augmentation = "none"  # training batches: 'none' or 'crop_flip'
+  config.train_examples = 0  # train on the first this many examples (0: all), to overfit
 
   config.num_train_steps = 0  # when > 0, overrides num_epochs
 

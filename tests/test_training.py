@@ -131,6 +131,11 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     ("--config.optimizer.learning_rate=-0.1", "config.optimizer.learning_rate=-0.1 must be a positive"),
     ("--config.batch_size=-4", "config.batch_size=-4 must be a positive integer"),
     ("--config.batch_size=12", "config.batch_size=12 does not split over 8 devices"),
+    ("--config.train_examples=5000", "config.train_examples=5000 exceeds the 1500 training"),
+    ("--config.train_examples=-3", "config.train_examples=-3 must be a positive integer"),
+    ("--config.diagnostics.num_projections=-1",
+     "config.diagnostics.num_projections=-1 must be a positive integer"),
+    ("--config.checkpoint_max_to_keep=0", "config.checkpoint_max_to_keep=0 must be a positive"),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, expected):
   from invmeasure.training import loop

@@ -44,6 +44,22 @@ class ArraySource:
     return self[indices]
 
 
+@dataclasses.dataclass(frozen=True)
+class FirstExamples:
+  """The first `size` examples of another source (an overfitting study's training set)."""
+  source: Source
+  size: int
+
+  def __len__(self) -> int:
+    return self.size
+
+  def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return self.source[indices]
+
+  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None) -> dict:
+    return self.source.read(indices, augment_seed)
+
+
 class TfdsSource:
   """A TFDS split read through `tfds.data_source` (ArrayRecord; no TensorFlow needed)."""
 

@@ -91,6 +91,8 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   for field in ("log_every_steps", "checkpoint_every_steps"):
     _positive(config[field], field, int)
   _positive(config.get("checkpoint_max_to_keep", 2), "checkpoint_max_to_keep", int)
+  if config.get("train_examples", 0):
+    _positive(config.train_examples, "train_examples", int)
   diag = config.diagnostics
   if diag.get("num_projections", 0):
     _positive(diag.num_projections, "diagnostics.num_projections", int)

@@ -45,6 +45,13 @@ class ImageTask:
     else:
       source = sources.load_source(config.dataset, "train", config.get("data_dir"))
       num_examples = len(source)
+    subset = int(config.get("train_examples", 0))
+    if subset > num_examples:
+      raise ConfigError(f"config.train_examples={subset} exceeds the {num_examples} training "
+                        f"examples of {config.dataset}; use at most {num_examples} (0: all)")
+    if subset:
+      num_examples = subset
+      source = sources.FirstExamples(source, subset) if source is not None else None
     steps_per_epoch = batching.steps_per_epoch(num_examples, config.batch_size)
     if steps_per_epoch < 1:
       raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {num_examples} "
