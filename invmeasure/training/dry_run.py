@@ -8,6 +8,8 @@ reports their FLOPs and per-device memory.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -55,13 +57,16 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=plan.replicated)
   costs = {
       "train_step": _cost(loop.jit_train_step(plan).lower(state, train_batch).compile()),
-      "gradient_stats_update": _cost(jit(fns.accumulate).lower(state, acc, diag_batch).compile()),
-      "power_iteration": _cost(jit(fns.power_step).lower(
-          state, _abstract(state.params, plan.replicated), diag_batch).compile()),
+      "gradient_stats_update": _cost(jit(fns.accumulate).lower(state, acc,
+                                                                  (diag_batch,)).compile()),
+      "power_iteration": _cost(jit(functools.partial(fns.power_step, num_iters=1)).lower(
+          state, _abstract(state.params, plan.replicated), scalar, diag_batch).compile()),
       "round_summary": _cost(jit(fns.summarize).lower(
           state, acc, diag_batch, scalar, scalar).compile()),
   }
   diag = config.diagnostics
+  # One minibatch and one iteration per program: the round's chunks (several of each
+  # per call on CPU) share work, so this bounds the round from above.
   round_flops = (diag.num_minibatches * costs["gradient_stats_update"]["flops"]
                  + diag.sharpness_iters * costs["power_iteration"]["flops"]
                  + costs["round_summary"]["flops"])

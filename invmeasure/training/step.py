@@ -67,16 +67,28 @@ def apply_gradients(tx: optax.GradientTransformation, state: RunState, loss: jax
                         **changes)
 
 
+class PowerChunk(NamedTuple):
+  """Where a few power iterations of `DiagnosticFns.power_step` left the estimate."""
+  eigenvalue: jax.Array   # Rayleigh quotient of the last iteration that counted
+  vector: object          # its normalised H v: the next start
+  residual: jax.Array     # ||H v - eigenvalue v|| of that iteration
+  num_iters: jax.Array    # iterations that changed the estimate (all of them when tol = 0)
+  converged: jax.Array    # the relative change of the eigenvalue fell to tol or below
+
+
 class DiagnosticFns(NamedTuple):
   """The pieces of a diagnostic round; the loop jits each and drives them from Python.
 
-  Separate calls, not one program with loops inside: XLA:CPU runs backward convolutions
-  inside loops slowly, and unrolling them makes compile time grow with K and the number
-  of power iterations. Each piece compiles once, whatever K and the iterations are.
+  Pieces, not one program with loops inside: XLA:CPU runs backward convolutions inside
+  loops slowly, and unrolling a whole round makes compile time grow with K and the number
+  of power iterations. Each piece takes a short chunk (a few minibatches, a few power
+  iterations) unrolled, so one program computes several independent gradients at once
+  and the HVPs of a chunk share their gradient; each chunk size compiles once.
   """
   init: Callable        # (state) -> gradient statistics accumulator
-  accumulate: Callable  # (state, acc, minibatch) -> acc, one more minibatch gradient
-  power_step: Callable  # (state, vector, minibatch) -> (eigenvalue, vector, residual)
+  accumulate: Callable  # (state, acc, minibatches) -> acc, a sequence more minibatch gradients
+  # (state, vector, previous_eigenvalue, minibatch, *, num_iters, tol) -> PowerChunk
+  power_step: Callable
   summarize: Callable   # (state, acc, minibatch, eigenvalue, residual) -> metric row
 
 
@@ -94,14 +106,44 @@ def make_diagnostic_fns(loss_and_batch: LossAndBatch, tx: optax.GradientTransfor
   def init(state: RunState):
     return dg.gradient_stats_init(state.params)
 
-  def accumulate(state: RunState, acc, minibatch: dict):
-    loss_fn, batch = loss_and_batch(state, minibatch)
-    return dg.gradient_stats_update(loss_fn, acc, state.params, batch)
+  def accumulate(state: RunState, acc, minibatches):
+    # The gradients are independent: unrolled, XLA runs them side by side; only the
+    # cheap Welford folds are ordered, as one minibatch per call would order them.
+    for minibatch in minibatches:
+      loss_fn, batch = loss_and_batch(state, minibatch)
+      acc = dg.gradient_stats_update(loss_fn, acc, state.params, batch)
+    return acc
 
-  def power_step(state: RunState, vector, minibatch: dict):
+  def power_step(state: RunState, vector, previous: jax.Array, minibatch: dict, *,
+                 num_iters: int = 1, tol: float = 0.0) -> PowerChunk:
+    """`num_iters` power iterations from `vector`, unrolled (their HVPs share one gradient).
+
+    With `tol` > 0 the estimate freezes after the first iteration whose eigenvalue is
+    within `tol` (relative) of the one before it (`previous` for the first; NaN: none),
+    as if the iteration had stopped there; with 0 every iteration counts.
+    """
     loss_fn, batch = loss_and_batch(state, minibatch)
-    top = dg.sharpness(loss_fn, state.params, batch, init=vector, num_iters=1)
-    return top.eigenvalue, top.eigenvector, top.residual
+    done = jnp.zeros((), jnp.int32)
+    converged = jnp.zeros((), bool)
+    eigenvalue = residual = None
+    for _ in range(num_iters):
+      top = dg.sharpness(loss_fn, state.params, batch, init=vector, num_iters=1)
+      if tol <= 0:
+        eigenvalue, vector, residual, done = (top.eigenvalue, top.eigenvector, top.residual,
+                                              done + 1)
+        continue
+      if eigenvalue is None:  # the first iteration always counts
+        eigenvalue, residual = top.eigenvalue, top.residual
+      keep = converged
+      eigenvalue, residual = (jnp.where(keep, eigenvalue, top.eigenvalue),
+                              jnp.where(keep, residual, top.residual))
+      vector = jax.tree.map(lambda old, new: jnp.where(keep, old, new), vector,
+                            top.eigenvector)
+      # NaN `previous` compares false: the round's first iteration cannot converge.
+      now = jnp.abs(top.eigenvalue - previous) <= tol * jnp.abs(top.eigenvalue)
+      converged, done = keep | now, done + (~keep).astype(jnp.int32)
+      previous = eigenvalue
+    return PowerChunk(eigenvalue, vector, residual, done, converged)
 
   def summarize(state: RunState, acc, minibatch: dict, eigenvalue, residual) -> dict:
     loss_fn, first = loss_and_batch(state, minibatch)
