@@ -342,13 +342,14 @@ class Equation10(NamedTuple):
   paper: PaperBalance
 
 
-UPDATE_FIELDS = ("update_descent", "update_sharpness", "diagnostic_update_norm")
-PAPER_FIELDS = ("grad_norm", "update_sharpness", "minibatch_grad_norm")
+UPDATE_FIELDS = ("update_descent", "diagnostic_update_norm")
+PAPER_FIELDS = ("grad_norm", "minibatch_grad_norm")
 
 
 def equation10(rows: Sequence[Mapping[str, Any]], weight_decay: float,
                learning_rate: float | None = None, momentum: float = 0.0, *,
-               start_fraction: float = 0.0, num_windows: int = 10) -> Equation10:
+               start_fraction: float = 0.0, num_windows: int = 10,
+               sharpness_field: str = "update_sharpness") -> Equation10:
   """The two sides of equation (10) per metric row, their time averages and balance.
 
   The update form (`UpdateBalance`) holds for any optimizer, u being its update from one
@@ -367,6 +368,9 @@ def equation10(rows: Sequence[Mapping[str, Any]], weight_decay: float,
     momentum: heavy-ball momentum, in [0, 1).
     start_fraction: in [0, 1): leave out the rows before this fraction of the last step.
     num_windows: windows of the batch-means standard error of the gain.
+    sharpness_field: the row field of s_u. `update_sharpness_independent` (measured with
+      a Hessian from a minibatch other than the update's) is unbiased for the full
+      Hessian; `update_sharpness` (the update's own minibatch) is biased up along it.
   """
   name = "equation10"
   if weight_decay < 0:
@@ -379,10 +383,10 @@ def equation10(rows: Sequence[Mapping[str, Any]], weight_decay: float,
     raise ValueError(f"{name}: num_windows must be an integer >= 2, got {num_windows}")
   _check_start_fraction(start_fraction, name)
 
-  columns = _columns(rows, UPDATE_FIELDS, start_fraction)
+  columns = _columns(rows, UPDATE_FIELDS + (sharpness_field,), start_fraction)
   steps = columns["step"]
   lhs = columns["update_descent"]
-  rhs = 0.5 * (columns["update_sharpness"] + weight_decay) * columns["diagnostic_update_norm"] ** 2
+  rhs = 0.5 * (columns[sharpness_field] + weight_decay) * columns["diagnostic_update_norm"] ** 2
   gain = rhs - lhs
   lhs_mean, rhs_mean, gain_mean = _mean(lhs), _mean(rhs), _mean(gain)
   gain_stderr = _batch_means(gain, num_windows)[1] if gain.size >= max(num_windows, 2) else math.nan
@@ -392,13 +396,13 @@ def equation10(rows: Sequence[Mapping[str, Any]], weight_decay: float,
       relative_gain=_divide(gain_mean, abs(lhs_mean)),
       relative_gain_stderr=_divide(gain_stderr, abs(lhs_mean)))
 
-  fields = PAPER_FIELDS + (("lr",) if learning_rate is None else ())
+  fields = PAPER_FIELDS + (sharpness_field,) + (("lr",) if learning_rate is None else ())
   columns = _columns(rows, fields, start_fraction, optional=("grad_norm_sq_unbiased",))
   lr = columns["lr"] if learning_rate is None else np.full(columns["step"].shape, learning_rate)
   eta_eff = lr / (1.0 - momentum)
   lhs = columns["grad_norm"] ** 2
   lhs_unbiased = columns["grad_norm_sq_unbiased"]
-  rhs = 0.5 * eta_eff * columns["update_sharpness"] * columns["minibatch_grad_norm"] ** 2
+  rhs = 0.5 * eta_eff * columns[sharpness_field] * columns["minibatch_grad_norm"] ** 2
   lhs_mean, lhs_unbiased_mean, rhs_mean = _mean(lhs), _mean(lhs_unbiased), _mean(rhs)
   paper = PaperBalance(
       steps=columns["step"], lhs=lhs, lhs_unbiased=lhs_unbiased, rhs=rhs, eta_eff=eta_eff,

@@ -62,7 +62,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
       "power_iteration": _cost(jit(functools.partial(fns.power_step, num_iters=1)).lower(
           state, _abstract(state.params, plan.replicated), scalar, diag_batch).compile()),
       "round_summary": _cost(jit(fns.summarize).lower(
-          state, acc, diag_batch, scalar, scalar).compile()),
+          state, acc, diag_batch, diag_batch, scalar, scalar).compile()),
   }
   diag = config.diagnostics
   # One minibatch and one iteration per program: the round's chunks (several of each

@@ -143,7 +143,7 @@ class _DiagnosticRound:
           break
       else:
         done += size
-    row = _host(self._summarize(state, acc, first, eigenvalue, residual))
+    row = _host(self._summarize(state, acc, first, minibatches[1], eigenvalue, residual))
     row["sharpness_iters"] = done
     return row, vector
 

@@ -145,8 +145,10 @@ def make_diagnostic_fns(loss_and_batch: LossAndBatch, tx: optax.GradientTransfor
       previous = eigenvalue
     return PowerChunk(eigenvalue, vector, residual, done, converged)
 
-  def summarize(state: RunState, acc, minibatch: dict, eigenvalue, residual) -> dict:
+  def summarize(state: RunState, acc, minibatch: dict, other_minibatch: dict, eigenvalue,
+                residual) -> dict:
     loss_fn, first = loss_and_batch(state, minibatch)
+    _, second = loss_and_batch(state, other_minibatch)
     params = state.params
     stats = dg.gradient_stats_finalize(acc)
     minibatch_grad = jax.grad(loss_fn)(params, first)
@@ -167,6 +169,10 @@ def make_diagnostic_fns(loss_and_batch: LossAndBatch, tx: optax.GradientTransfor
         "sharpness": eigenvalue,
         "sharpness_residual": residual,
         "update_sharpness": dg.directional_sharpness(loss_fn, params, first, update),
+        # The same from another minibatch's Hessian: independent of the update, so its
+        # mean is the full Hessian's (on `first` it is biased up along g_first).
+        "update_sharpness_independent": dg.directional_sharpness(loss_fn, params, second,
+                                                                 update),
         # Equation (10) in the update's terms: at an invariant measure the expected
         # -<grad F, u> balances (1/2)(update_sharpness + lambda) ||u||^2.
         "update_descent": -dg.tree_vdot(others_grad, update),
