@@ -1,0 +1,82 @@
+"""Claims with their numbers and verdicts, written as DIR/claims.md and DIR/claims.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from typing import Mapping, NamedTuple, Sequence
+
+from invmeasure.claims import rules
+
+
+class Claim(NamedTuple):
+  key: str                   # unique name, e.g. 'fig1_loss_stable_gradient_not_vanishing'
+  statement: str             # the paper's claim in one sentence
+  evidence: str              # which runs and measurements the numbers come from
+  rule: str                  # a key of `rules.RULES`
+  numbers: dict[str, float]  # what the verdict is computed from
+  figures: tuple[str, ...]   # paths relative to the report's directory
+  verdict: str
+
+
+def make_claim(key: str, statement: str, evidence: str, rule: str,
+               numbers: Mapping[str, float], figures: Sequence[str] = ()) -> Claim:
+  """A claim whose verdict is `rules.decide(rule, numbers)`, nothing else."""
+  numbers = {name: float(value) for name, value in numbers.items()}
+  return Claim(key, statement, evidence, rule, numbers, tuple(figures),
+               rules.decide(rule, numbers))
+
+
+def _format(value: float) -> str:
+  if math.isinf(value) or math.isnan(value):
+    return str(value)
+  if value == int(value) and abs(value) < 1e6:
+    return str(int(value))
+  return f"{value:.4g}"
+
+
+def _markdown(claims: Sequence[Claim], header: Mapping[str, str]) -> str:
+  counts = {v: sum(c.verdict == v for c in claims)
+            for v in (rules.HELD, rules.NOT_HELD, rules.INCONCLUSIVE)}
+  lines = ["# The paper's claims, measured", ""]
+  lines += [f"- {name}: {value}" for name, value in header.items()]
+  lines += [f"- verdicts: {counts[rules.HELD]} held, {counts[rules.NOT_HELD]} not held, "
+            f"{counts[rules.INCONCLUSIVE]} inconclusive", "",
+            "Each verdict is computed from the numbers printed with it by the rule printed "
+            "with it (`invmeasure/claims/rules.py`); the thresholds are constants, the same "
+            "in quick and full mode.",
+            "", "| # | claim | verdict |", "| --- | --- | --- |"]
+  lines += [f"| {i} | {c.statement.replace('|', '/')} | **{c.verdict}** |"
+            for i, c in enumerate(claims, 1)]
+  for i, claim in enumerate(claims, 1):
+    lines += ["", f"## {i}. {claim.statement}", "", f"Evidence: {claim.evidence}", "",
+              "| number | value |", "| --- | --- |"]
+    lines += [f"| `{name}` | {_format(value)} |" for name, value in claim.numbers.items()]
+    lines += ["", f"Rule (`{claim.rule}`): {rules.RULES[claim.rule].text}", "",
+              f"Verdict: **{claim.verdict}**"]
+    lines += [f"\n![{os.path.basename(f)}]({f})" for f in claim.figures]
+  return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+         f"{platform.system()}"
+
+
+def write(claims: Sequence[Claim], directory: str, header: Mapping[str, str]) -> str:
+  """Writes claims.md and claims.json into `directory`; returns the markdown's path."""
+  with open(os.path.join(directory, "claims.json"), "w", encoding="utf-8") as f:
+    json.dump({"header": dict(header), "claims": [c._asdict() for c in claims]}, f, indent=1)
+  path = os.path.join(directory, "claims.md")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(_markdown(claims, header))
+  return path
+
+
+def read(directory: str) -> list[Claim]:
+  """The claims of a written report (for checking verdicts against the rules)."""
+  with open(os.path.join(directory, "claims.json"), encoding="utf-8") as f:
+    data = json.load(f)
+  return [Claim(**{**c, "figures": tuple(c["figures"])}) for c in data["claims"]]

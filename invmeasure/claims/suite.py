@@ -1,0 +1,131 @@
+"""The CPU-scale runs behind the claims report, and running them.
+
+Every run is the quickstart's model on digits (`configs/quickstart.py`) with a few fields
+changed, so that differences between runs are the ones a claim is about:
+- `lr_0.1`, `lr_0.03`, `lr_0.01`: constant learning rates (Figures 1 and 2); `lr_0.1`
+  keeps a checkpoint every few epochs, the samples of its empirical measure for the
+  fixed-weight studies (estimators, step size).
+- `step`: 0.1, divided by 10 half-way (Figure 1's schedule).
+- `plain_sgd`: no momentum, for Theorem 4.3's ball, which is stated for plain SGD.
+- `overfit`: 256 examples, no weight decay, to be fitted exactly (Figure 6).
+`quick` shrinks every run (a narrower model, fewer epochs and minibatches) into a smoke
+version for tests; its numbers are not evidence.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import ml_collections
+
+from configs import quickstart, synthetic_1d as synthetic_config
+from invmeasure.training import loop, synthetic_1d
+
+# The learning rates of the constant runs, largest first.
+CONSTANT_LRS = (0.1, 0.03, 0.01)
+MEASURE_RUN = "lr_0.1"  # the run whose checkpoints sample the empirical measure
+
+
+class Suite(NamedTuple):
+  """Sizes of everything the report runs; `full()` and `quick()` are the two used."""
+  quick: bool
+  num_epochs: int
+  overfit_epochs: int
+  widths: tuple[int, ...]
+  diagnostic_every_steps: int   # a round every this many steps (46: once an epoch)
+  num_minibatches: int          # K of each diagnostic round
+  sharpness_iters: int
+  projection_every_steps: int
+  checkpoint_every_epochs: int  # of the measure run; its plateau checkpoints are studied
+  estimator_sample_sizes: tuple[int, ...]
+  estimator_repeats: int
+  step_size_states: int         # plateau checkpoints in the step-size study
+  step_size_minibatches: int
+  synthetic_steps: int
+
+
+def full() -> Suite:
+  return Suite(quick=False, num_epochs=200, overfit_epochs=300, widths=(32, 64),
+               diagnostic_every_steps=46, num_minibatches=16, sharpness_iters=5, projection_every_steps=5,
+               checkpoint_every_epochs=10, estimator_sample_sizes=(1, 2, 4, 8, 16, 32, 64, 128,
+                                                                   256),
+               estimator_repeats=20, step_size_states=8, step_size_minibatches=32,
+               synthetic_steps=300)
+
+
+def quick() -> Suite:
+  return Suite(quick=True, num_epochs=6, overfit_epochs=12, widths=(8,),
+               diagnostic_every_steps=5, num_minibatches=4,
+               sharpness_iters=3, projection_every_steps=2, checkpoint_every_epochs=1,
+               estimator_sample_sizes=(1, 2, 4, 8), estimator_repeats=4, step_size_states=2,
+               step_size_minibatches=4, synthetic_steps=120)
+
+
+def _base(suite: Suite) -> ml_collections.ConfigDict:
+  config = quickstart.get_config()
+  config.num_epochs = suite.num_epochs
+  config.model.widths = suite.widths
+  config.diagnostics.every_steps = suite.diagnostic_every_steps
+  config.diagnostics.num_minibatches = suite.num_minibatches
+  config.diagnostics.sharpness_iters = suite.sharpness_iters
+  config.diagnostics.projection_every_steps = suite.projection_every_steps
+  return config
+
+
+def training_configs(suite: Suite) -> dict[str, ml_collections.ConfigDict]:
+  """The training runs by name (the name is the run's directory under `DIR/runs`)."""
+  configs = {}
+  for lr in CONSTANT_LRS:
+    config = _base(suite)
+    config.optimizer.learning_rate = lr
+    configs[f"lr_{lr:g}"] = config
+  measure = configs[MEASURE_RUN]
+  steps_per_epoch = 1500 // measure.batch_size
+  measure.checkpoint_every_steps = suite.checkpoint_every_epochs * steps_per_epoch
+  measure.checkpoint_max_to_keep = suite.num_epochs // suite.checkpoint_every_epochs + 1
+
+  step = _base(suite)
+  step.schedule.name = "step"
+  step.schedule.boundaries_epochs = (suite.num_epochs / 2,)
+  configs["step"] = step
+
+  plain = _base(suite)
+  plain.optimizer.momentum = 0.0
+  plain.optimizer.learning_rate = 0.5  # half the momentum runs' effective 0.1 / (1 - 0.9)
+  configs["plain_sgd"] = plain
+
+  overfit = _base(suite)
+  overfit.train_examples = 256
+  overfit.optimizer.weight_decay = 0.0
+  overfit.num_epochs = suite.overfit_epochs
+  overfit.diagnostics.every_steps = 8  # once an epoch (256 // 32 steps)
+  overfit.log_every_steps = 8
+  configs["overfit"] = overfit
+  return configs
+
+
+def synthetic_config_for(suite: Suite) -> ml_collections.ConfigDict:
+  config = synthetic_config.get_config()
+  config.num_steps = suite.synthetic_steps
+  return config
+
+
+def run_all(suite: Suite, workdir: str, log=print) -> dict[str, str]:
+  """Trains every run of the suite that is not finished yet; returns name -> workdir.
+
+  Each run resumes from its checkpoints like any training run, so rerunning the report
+  after a kill repeats no finished work.
+  """
+  runs_dir = os.path.join(workdir, "runs")
+  workdirs = {}
+  synthetic_dir = os.path.join(runs_dir, "synthetic_1d")
+  log("synthetic_1d")
+  synthetic_1d.run(synthetic_config_for(suite), synthetic_dir)
+  workdirs["synthetic_1d"] = synthetic_dir
+  for name, config in training_configs(suite).items():
+    log(name)
+    run_dir = os.path.join(runs_dir, name)
+    loop.train_and_evaluate(config, run_dir)
+    workdirs[name] = run_dir
+  return workdirs
