@@ -1,0 +1,127 @@
+"""A run's weights at a saved step, rebuilt from its workdir alone.
+
+`load_run_state(workdir, step)` reads the `config.json` the driver wrote, rebuilds the
+run's plan (task, data, optimizer) and restores the `RunState` of a checkpoint, so that
+experiments can be made at fixed weights long after the run ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from invmeasure.training import checkpoints, loop
+from invmeasure.training.errors import ConfigError
+from invmeasure.training.state import RunState
+
+
+def _tuples(value: Any) -> Any:
+  """JSON's lists back to the tuples the configs hold (e.g. `model.widths`)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was started with, from `workdir/config.json` (ConfigError if none)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--workdir={workdir} has no config.json, so it is not a run's "
+                      "workdir; pass the directory `python -m experiments.run --workdir=...` "
+                      "wrote")
+  with open(path, encoding="utf-8") as f:
+    try:
+      fields = json.load(f)
+    except json.JSONDecodeError as error:
+      raise ConfigError(f"{path} is not valid JSON ({error}); rerun the run's command to "
+                        "rewrite it") from None
+  return ml_collections.ConfigDict(_tuples(fields))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps whose checkpoints exist in `workdir/checkpoints`, ascending.
+
+  Orbax writes a step to a temporary directory and renames it to the step's number when
+  complete, so only finished checkpoints are listed.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def _checked_steps(workdir: str, steps: list[int] | None) -> list[int]:
+  """`steps` (all saved ones when None), each checked to have a checkpoint."""
+  available = checkpoint_steps(workdir)
+  if not available:
+    raise ConfigError(f"--workdir={workdir} has no checkpoints; rerun the run's command "
+                      "(it resumes and saves every config.checkpoint_every_steps)")
+  steps = available if steps is None else [int(s) for s in steps]
+  for step in steps:
+    if step not in available:
+      raise ConfigError(f"--workdir={workdir} has no checkpoint at step {step}; it has "
+                        f"steps {', '.join(map(str, available))} (set "
+                        "config.checkpoint_max_to_keep higher in the run to keep more)")
+  if not steps:
+    raise ConfigError(f"no steps given for --workdir={workdir}; pass some of "
+                      f"{', '.join(map(str, available))}")
+  return steps
+
+
+def load_run_states(workdir: str, steps: list[int] | None = None
+                    ) -> tuple[loop.Plan, list[RunState]]:
+  """(plan, states): the run's plan and its states at the checkpoints of `steps` (all
+  saved ones when None), each placed as the run placed it (`plan.state_sharding`).
+
+  Raises a ConfigError naming the workdir and the steps that exist when there is no
+  config or no such checkpoint.
+  """
+  config = load_config(workdir)
+  steps = _checked_steps(workdir, steps)
+  plan = loop.make_plan(config)
+  like = loop.init_state_fn(plan)(loop.init_key(config))
+  checkpointer = checkpoints.Checkpointer(workdir)
+  try:
+    states = [checkpointer.restore(like, step) for step in steps]
+  finally:
+    checkpointer.close()
+  return plan, states
+
+
+def load_run_state(workdir: str, step: int | None = None) -> tuple[loop.Plan, RunState]:
+  """(plan, state): the run's plan and its state at checkpoint `step` (the latest if
+  None); see `load_run_states`."""
+  if step is None:
+    load_config(workdir)  # a missing config is the first thing to report
+    step = _checked_steps(workdir, None)[-1]
+  plan, (state,) = load_run_states(workdir, [step])
+  return plan, state
+
+
+def on_one_device(tree: Any, device: jax.Device | None = None) -> Any:
+  """`tree` on one device (the first local one by default).
+
+  A restored state is replicated over the run's mesh; computing on it there would repeat
+  the same work on every device, which on simulated CPU devices shares the same cores.
+  """
+  return jax.device_put(tree, device or jax.local_devices()[0])
+
+
+def training_set(task: Any, max_examples: int | None = None) -> dict | None:
+  """All training examples of `task` as numpy arrays (`task.source` read in index order),
+  or None when the task has no random-access source or more than `max_examples`."""
+  source = getattr(task, "source", None)
+  if source is None:
+    return None
+  size = len(source)
+  if max_examples is not None and size > max_examples:
+    return None
+  return source.read(np.arange(size), None)
