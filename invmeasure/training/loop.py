@@ -93,6 +93,11 @@ class _Batches:
     self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+# XLA:CPU's default scheduler runs a chunk's independent gradients side by side and keeps
+# each one's working memory; this one reuses it, and was no slower (docs/benchmarks.md).
+_CPU_ROUND_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
 class _DiagnosticRound:
   """Runs the jitted pieces of a diagnostic round: K gradients, then power iteration.
 
@@ -101,28 +106,31 @@ class _DiagnosticRound:
   and up to `power_iters_per_call` power iterations, whose HVPs share one gradient. With
   `tol` > 0 the power iteration stops after the chunk in which the eigenvalue's relative
   change fell below it (one host read per chunk); with 0 it runs `num_iters` without
-  waiting.
+  waiting. On CPU the pieces compile with XLA's memory-optimised scheduler, which keeps a
+  chunk of 8 gradients within about 1.3-1.7 gradients' working memory (the default keeps
+  5x: docs/benchmarks.md).
   """
 
   def __init__(self, fns: step_lib.DiagnosticFns, replicated: NamedSharding,
                num_iters: int, tol: float, minibatches_per_call: int | None = None,
                power_iters_per_call: int = 5):
+    on_cpu = jax.default_backend() == "cpu"
     if minibatches_per_call is None:
-      minibatches_per_call = 8 if jax.default_backend() == "cpu" else 1
+      minibatches_per_call = 8 if on_cpu else 1
     self._per_call = minibatches_per_call
+    options = _CPU_ROUND_OPTIONS if on_cpu else None
+    jit = functools.partial(jax.jit, out_shardings=replicated, compiler_options=options)
     # Inputs arrive placed (the state as `Plan.state_sharding`, minibatches split over
     # 'data'); outputs are replicated so the next call and the checkpoint see one layout.
-    self._init = jax.jit(fns.init, out_shardings=replicated)
+    self._init = jit(fns.init)
     # The accumulator is the round's own, so each chunk may overwrite its buffers.
-    self._accumulate = jax.jit(fns.accumulate, out_shardings=replicated, donate_argnums=1)
+    self._accumulate = jit(fns.accumulate, donate_argnums=1)
     full, last = divmod(num_iters, power_iters_per_call)
     self._power_chunks = [power_iters_per_call] * full + ([last] if last else [])
-    self._power_step = {n: jax.jit(functools.partial(fns.power_step, num_iters=n, tol=tol),
-                                   out_shardings=replicated)
+    self._power_step = {n: jit(functools.partial(fns.power_step, num_iters=n, tol=tol))
                         for n in set(self._power_chunks)}
-    self._no_eigenvalue = jax.jit(lambda acc: jnp.full_like(acc.sum_sq_dev, jnp.nan),
-                                  out_shardings=replicated)
-    self._summarize = jax.jit(fns.summarize, out_shardings=replicated)
+    self._no_eigenvalue = jit(lambda acc: jnp.full_like(acc.sum_sq_dev, jnp.nan))
+    self._summarize = jit(fns.summarize)
     self._tol = tol
 
   def __call__(self, state: RunState, minibatches: list[dict]) -> tuple[dict, object]:
