@@ -238,7 +238,7 @@ RULES: dict[str, Rule] = {
         "otherwise not held.", _inside_ball),
     "gain_vanishes": Rule(
         "held if the time-averaged one-step change of F and its standard error are both "
-        "at most 10% of the first-order scale (the mean of -<grad F, u>); not held if the "
+        "at most 10% of `scale`, the mean size of one step's change; not held if the "
         "change is larger than that and than twice its standard error; otherwise "
         "inconclusive.", _gain_vanishes),
     "balance": Rule(
