@@ -73,7 +73,8 @@ def loss_stable_gradient_not_vanishing(run: runs.Run, figure: str) -> Claim:
       "The training loss stabilises while the full gradient norm does not go to zero "
       "(Figure 1).",
       f"run `{run.name}` (constant learning rate); {NUM_WINDOWS} equal windows of its "
-      "second half; full-batch loss and gradient norm from the diagnostic rounds.",
+      "second half; full-batch loss and gradient norm from the diagnostic rounds; a "
+      "window's standard error is its values' standard deviation over sqrt(rows).",
       "loss_stable_gradient_not_vanishing", numbers, [figure])
 
 
