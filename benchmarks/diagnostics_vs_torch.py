@@ -7,6 +7,12 @@ alternating the two so that load from other processes falls on both; JAX compile
 excluded from the rows and printed on its own. PyTorch is optional: without it the
 PyTorch columns read "n/a".
 
+The last rows time a whole diagnostic round as the training driver runs it
+(`invmeasure.training.loop._DiagnosticRound` over `step.make_diagnostic_fns`, every
+quantity of its metric row) in its chunked form and one minibatch and one power
+iteration per call (the form before chunking), against the paper's procedure for the
+same quantities.
+
     python -m benchmarks.diagnostics_vs_torch            # batch 64 of 32x32x3, K=8
     python -m benchmarks.diagnostics_vs_torch --k 16
     python -m benchmarks.diagnostics_vs_torch --quick    # tiny model, K=2, one repetition
@@ -27,13 +33,16 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 try:
   from invmeasure import diagnostics as dg
 except ImportError:  # run as a file from a checkout that is not pip-installed
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from invmeasure import diagnostics as dg
+from invmeasure.training import loop, state as state_lib, step as step_lib
 
 try:
   import torch
@@ -44,6 +53,8 @@ except ImportError:  # CI installs no PyTorch; the table still prints, with "n/a
 HEADER = "| quantity | JAX ms | PyTorch ms | JAX/PyTorch | notes |"
 LOSS_ATOL = 1e-4
 UNROLL_CHOICES = {"default": None, "true": True, "false": False}
+# The optimizer whose update the driver's round measures curvature along (the paper's).
+LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +176,8 @@ def compile_jax(pb: Problem, unroll: bool | None) -> tuple[dict[str, Callable],
       "finalize": (dg.gradient_stats_finalize, (init,)),
       "sharpness": (lambda p, b, v: dg.sharpness(loss_fn, p, b, init=v, num_iters=iters,
                                                  tol=0.0), (params, b0, pb.start)),
-      "sharpness_step": (lambda p, b, v: dg.sharpness(loss_fn, p, b, init=v, num_iters=1),
-                         (params, b0, pb.start)),
+      "directional": (lambda p, b, v: dg.directional_sharpness(loss_fn, p, b, v),
+                      (params, b0, pb.start)),
   }
   compiled = {name: compile_timed(fn, *args) for name, (fn, args) in specs.items()}
   return ({name: c[0] for name, c in compiled.items()},
@@ -184,13 +195,6 @@ def jax_calls(pb: Problem, fns: dict[str, Callable]) -> dict[str, Callable[[], o
       state = fns["update"](state, params, batch)
     return fns["finalize"](state)
 
-  def power_steps():
-    vector = pb.start
-    for _ in range(pb.sizes.power_iters):
-      result = fns["sharpness_step"](params, split[0], vector)
-      vector = result.eigenvector
-    return result
-
   calls = {
       "grad": lambda: fns["grad"](params, split[0]),
       "hvp": lambda: fns["hvp"](params, split[0], pb.start),
@@ -199,18 +203,69 @@ def jax_calls(pb: Problem, fns: dict[str, Callable]) -> dict[str, Callable[[], o
       "streaming": streaming,
       "sharpness": lambda: fns["sharpness"](params, split[0], pb.start),
   }
-  # A training loop calls the two jitted diagnostics one after the other.
-  calls["round"] = lambda: (calls["stats"](), calls["sharpness"]())
-  # invmeasure.training's form: compile time independent of K and of the iterations.
-  calls["round_driven"] = lambda: (streaming(), power_steps())
+  calls["directional"] = lambda: fns["directional"](params, split[0], pb.start)
+
+  def one_call_round():
+    """A training loop calling the jitted diagnostics one after the other."""
+    stats = calls["stats"]()
+    return stats, calls["sharpness"](), fns["directional"](params, split[0], stats.mean_gradient)
+
+  calls["round"] = one_call_round
   return calls
 
 
-def jax_values(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
-  stats = calls["stats"]()
+class Driver:
+  """The training driver's diagnostic round on the benchmark's CNN, on one device."""
+
+  def __init__(self, pb: Problem):
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
+                     optax.sgd(LEARNING_RATE, momentum=MOMENTUM))
+    state = state_lib.init_run_state(lambda key: {"params": pb.params}, tx, jax.random.key(0))
+    self.state = jax.device_put(state._replace(sharpness_vector=pb.start), replicated)
+    fns = step_lib.make_diagnostic_fns(lambda state, minibatch: (pb.loss_fn, minibatch), tx,
+                                       WEIGHT_DECAY)
+    self.minibatches = [jax.device_put(minibatch(pb.batches, k), rows)
+                        for k in range(pb.sizes.k)]
+    iters = pb.sizes.power_iters
+    self.rounds = {"driver": loop._DiagnosticRound(fns, replicated, iters, 0.0),
+                   "driver_single": loop._DiagnosticRound(fns, replicated, iters, 0.0,
+                                                          minibatches_per_call=1,
+                                                          power_iters_per_call=1)}
+    self.compile_s = {}
+    for name in self.rounds:  # the first call compiles every piece
+      (self.row, _), self.compile_s[f"{name} round (first call)"] = _timed(
+          lambda name=name: self.rounds[name](self.state, self.minibatches))
+    # Curvature along a direction (one HVP each in the paper's procedure): the row's
+    # sharpness fields other than the top eigenvalue's.
+    top = ("sharpness", "sharpness_residual", "sharpness_iters")
+    self.directions = sorted(k for k in self.row if "sharpness" in k and k not in top)
+
+  def calls(self) -> dict[str, Callable[[], object]]:
+    calls = {name: (lambda r=r: r(self.state, self.minibatches)[0])
+             for name, r in self.rounds.items()}
+    calls["driver_stats"] = lambda: self.rounds["driver"].gradient_stats(self.state,
+                                                                         self.minibatches)
+    return calls
+
+
+def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return out, time.perf_counter() - start
+
+
+def jax_values(calls: dict[str, Callable[[], object]], driver: Driver) -> dict[str, float]:
+  stats, top, directional = calls["round"]()
+  row = driver.row
   return {"loss": float(calls["grad"]()[0]), "grad_norm": float(stats.grad_norm),
-          "noise_norm": float(stats.noise_norm),
-          "eigenvalue": float(calls["sharpness"]().eigenvalue)}
+          "noise_norm": float(stats.noise_norm), "eigenvalue": float(top.eigenvalue),
+          "gradient_sharpness": float(directional),
+          "driver grad_norm": float(row["grad_norm"]),
+          "driver noise_norm": float(row["noise_norm"]),
+          "driver sharpness": float(row["sharpness"]),
+          "driver gradient_sharpness": float(row["gradient_sharpness"])}
 
 
 # ----------------------------------------------------------------------------- PyTorch side
@@ -249,7 +304,7 @@ class TorchSide:
     grads = torch.autograd.grad(self.loss(k), self.params, create_graph=True)
     return torch.autograd.grad(_dot(grads, v), self.params)
 
-  def gradient_stats(self) -> tuple[float, float]:
+  def gradient_stats(self) -> tuple[float, float, list]:
     """K gradients for the mean, then K more for E||g_k - g_bar||^2."""
     mean = [torch.zeros_like(p) for p in self.params]
     for k in range(self.k):
@@ -262,7 +317,11 @@ class TorchSide:
       self.grad(k)
       with torch.no_grad():
         noise += sum(float(((p.grad - m) ** 2).sum()) for m, p in zip(mean, self.params))
-    return float(_norm(mean)), (noise / self.k) ** 0.5
+    return float(_norm(mean)), (noise / self.k) ** 0.5, mean
+
+  def directional(self, v: list, k: int = 0) -> float:
+    """v^T H v / ||v||^2 by one double-backward HVP."""
+    return float(_dot(v, self.hvp(v, k)) / _dot(v, v))
 
   def sharpness(self, reuse_graph: bool = False) -> float:
     """Power iteration from the shared start, one double-backward HVP per iteration."""
@@ -276,8 +335,20 @@ class TorchSide:
       v = _scale(hv, 1.0 / _norm(hv))
     return eigenvalue
 
-  def round(self) -> tuple[float, float, float]:
-    return (*self.gradient_stats(), self.sharpness())
+  def round(self) -> tuple[float, float, float, float]:
+    """Gradient statistics, sharpness and the curvature along the mean gradient."""
+    grad_norm, noise_norm, mean = self.gradient_stats()
+    return grad_norm, noise_norm, self.sharpness(), self.directional(mean)
+
+  def driver_round(self, num_directions: int) -> None:
+    """The quantities of the driver's row: the round above, one minibatch gradient (the
+    update's direction) and the curvature along it (`num_directions` - 1 more HVPs, on
+    the first minibatch and the next)."""
+    self.round()
+    self.grad(0)
+    update = [p.grad.detach().clone() for p in self.params]
+    for i in range(num_directions - 1):
+      self.directional(update, k=i % self.k)
 
   def calls(self) -> dict[str, Callable[[], object]]:
     return {
@@ -286,10 +357,11 @@ class TorchSide:
         "k_grads": lambda: [self.grad(k) for k in range(self.k)],
         "stats": self.gradient_stats,
         "streaming": self.gradient_stats,
+        "driver_stats": self.gradient_stats,
         "sharpness": self.sharpness,
         "sharpness_reuse": lambda: self.sharpness(reuse_graph=True),
+        "directional": lambda: self.directional(self.start),
         "round": self.round,
-        "round_driven": self.round,
     }
 
 
@@ -342,8 +414,11 @@ def _ratio(a: float, b: float, target: str = "") -> str:
   return f"{a / b:.2f}x" + (f" ({target})" if target else "")
 
 
-def timing_table(t: dict[str, tuple[float, float]], k: int, iters: int) -> str:
+def timing_table(t: dict[str, tuple[float, float]], k: int, iters: int,
+                 num_directions: int) -> str:
   jk = t["k_grads"][0]
+  driver_torch = (f"PyTorch: the round above, 1 gradient and {num_directions - 1} more "
+                  "HVPs (the row's other directional curvatures)")
   rows = [
       ("gradient, 1 minibatch", "grad", "JAX value_and_grad; PyTorch loss.backward()"),
       ("Hessian-vector product", "hvp",
@@ -356,14 +431,21 @@ def timing_table(t: dict[str, tuple[float, float]], k: int, iters: int) -> str:
       (f"gradient stats K={k}, streaming update x{k}", "streaming",
        f"{_ratio(t['streaming'][0], jk, 'target <= 1.1')} of {k} JAX gradients; "
        "PyTorch as above"),
+      (f"gradient stats K={k}, the driver's chunks", "driver_stats",
+       f"{_ratio(t['driver_stats'][0], jk, 'target <= 1.1')} of {k} JAX gradients; up to 8 "
+       "minibatches per call, memory-optimised scheduler; PyTorch as above"),
       (f"sharpness, {iters} power iterations", "sharpness",
        f"PyTorch {iters} double-backward HVPs; reusing one create_graph backward: "
        f"{_ms(t['sharpness_reuse'][1])} ms"),
-      (f"diagnostic round: stats K={k} + {iters} power its", "round",
-       "target JAX/PyTorch < 1.0; JAX: the two jitted calls above"),
-      ("diagnostic round, Python-driven", "round_driven",
-       f"JAX: {k} gradient_stats_update + {iters} sharpness(num_iters=1) calls, as "
-       "invmeasure.training runs it; PyTorch as above"),
+      ("directional sharpness", "directional",
+       "JAX forward-over-forward; PyTorch one double-backward HVP"),
+      (f"diagnostic round: stats K={k} + {iters} power its + directional", "round",
+       "target JAX/PyTorch < 1.0; JAX: the three jitted library calls above"),
+      ("diagnostic round, invmeasure.training driver", "driver",
+       f"target < 1.0; chunks of up to 8 gradients and 5 power iterations per call, and "
+       f"the row's summary; {driver_torch}"),
+      ("diagnostic round, driver, 1 minibatch / iteration per call", "driver_single",
+       f"the driver before chunking; PyTorch as above"),
   ]
   lines = [HEADER, "|---|---:|---:|---:|---|"]
   for label, key, note in rows:
@@ -375,7 +457,7 @@ def timing_table(t: dict[str, tuple[float, float]], k: int, iters: int) -> str:
 
 def agreement_table(jv: dict[str, float], tv: dict[str, float] | None) -> str:
   lines = ["| value | JAX | PyTorch | relative difference |", "|---|---:|---:|---:|"]
-  for name in ("loss", "grad_norm", "noise_norm", "eigenvalue"):
+  for name in jv:
     if tv is None:
       lines.append(f"| {name} | {jv[name]:.6g} | n/a | n/a |")
     else:
@@ -391,9 +473,14 @@ def compile_table(compile_s: dict[str, float]) -> str:
 
 
 def torch_values(side: TorchSide) -> dict[str, float]:
-  grad_norm, noise_norm = side.gradient_stats()
-  return {"loss": float(side.grad().detach()), "grad_norm": grad_norm, "noise_norm": noise_norm,
-          "eigenvalue": side.sharpness()}
+  grad_norm, noise_norm, eigenvalue, directional = side.round()
+  values = {"loss": float(side.grad().detach()), "grad_norm": grad_norm,
+            "noise_norm": noise_norm, "eigenvalue": eigenvalue,
+            "gradient_sharpness": directional}
+  # The driver measures the same quantities (its sharpness from the same start vector).
+  values.update({"driver grad_norm": grad_norm, "driver noise_norm": noise_norm,
+                 "driver sharpness": eigenvalue, "driver gradient_sharpness": directional})
+  return values
 
 
 def check_losses(jax_loss: float, torch_loss: float) -> None:
@@ -413,7 +500,7 @@ def describe(sizes: Sizes, num_params: int, args: argparse.Namespace, torch_on: 
           f"{sizes.widths} + dense {sizes.hidden}, {num_params} params; batch {sizes.batch} "
           f"of {sizes.image}x{sizes.image}x3; K={sizes.k}; gradient_stats unroll="
           f"{args.stats_unroll}; median of {sizes.repeats} interleaved runs after a warm-up; "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.2f}")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -442,20 +529,28 @@ def main(argv: Sequence[str] | None = None) -> None:
   print(describe(sizes, num_params, args, side is not None))
   fns, compile_s = compile_jax(pb, UNROLL_CHOICES[args.stats_unroll])
   calls = jax_calls(pb, fns)
-  jv = jax_values(calls)
+  driver = Driver(pb)
+  compile_s.update(driver.compile_s)
+  calls.update(driver.calls())
+  jv = jax_values(calls, driver)
   tv = torch_values(side) if side else None
   if tv is not None:
     check_losses(jv["loss"], tv["loss"])
   torch_calls = side.calls() if side else {}
+  if side:
+    num_directions = len(driver.directions)
+    torch_calls["driver"] = torch_calls["driver_single"] = (
+        lambda: side.driver_round(num_directions))
   pairs = {name: (calls.get(name), torch_calls.get(name))
            for name in list(calls) + ["sharpness_reuse"]}
   times = interleaved_medians(pairs, sizes.repeats)
   print()
-  print(timing_table(times, sizes.k, sizes.power_iters))
+  print(timing_table(times, sizes.k, sizes.power_iters, len(driver.directions)))
   print()
   print(agreement_table(jv, tv))
   print()
   print(compile_table(compile_s))
+  print(f"(load at the end: {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

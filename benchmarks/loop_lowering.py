@@ -152,7 +152,7 @@ def describe(sizes: Sizes) -> str:
           f"{os.cpu_count()} cores); CNN widths {sizes.widths}, batch {sizes.batch} of "
           f"{sizes.image}x{sizes.image}x3, K={sizes.num_grads}; median of {sizes.repeats} "
           "runs after a warm-up; (a)-(d) vs (a), conv rows vs their plain row; "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows += measure(dict(list(convs.items())[:2]), sizes.repeats)
   rows += measure(dict(list(convs.items())[2:]), sizes.repeats)
   print(table(rows))
+  print(f"(load at the end: {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

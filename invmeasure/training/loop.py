@@ -133,10 +133,15 @@ class _DiagnosticRound:
     self._summarize = jit(fns.summarize)
     self._tol = tol
 
-  def __call__(self, state: RunState, minibatches: list[dict]) -> tuple[dict, object]:
+  def gradient_stats(self, state: RunState, minibatches: list[dict]):
+    """The gradient statistics accumulator after every minibatch, chunk by chunk."""
     acc = self._init(state)
     for start in range(0, len(minibatches), self._per_call):
       acc = self._accumulate(state, acc, tuple(minibatches[start:start + self._per_call]))
+    return acc
+
+  def __call__(self, state: RunState, minibatches: list[dict]) -> tuple[dict, object]:
+    acc = self.gradient_stats(state, minibatches)
     first, vector = minibatches[0], state.sharpness_vector
     # Read only with tol > 0; any scalar of the eigenvalue's dtype stands in otherwise.
     previous = self._no_eigenvalue(acc) if self._tol > 0 else acc.sum_sq_dev
