@@ -508,12 +508,16 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--quick", action="store_true", help="tiny model, K=2, one repetition")
   parser.add_argument("--k", type=int, default=None, help="minibatches K (default 8)")
   parser.add_argument("--repeats", type=int, default=None, help="timed repetitions")
-  parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="torch.set_num_threads (default 2; 1 with --quick, which a busy "
+                           "machine's oversubscribed OpenMP threads slow down the most)")
   parser.add_argument("--torch-channels-last", action="store_true",
                       help="run the PyTorch model in NHWC (channels_last) memory format")
   parser.add_argument("--stats-unroll", choices=sorted(UNROLL_CHOICES), default="default",
                       help="unroll= passed to dg.gradient_stats")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  args.threads = args.threads or (1 if args.quick else 2)
+  return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:

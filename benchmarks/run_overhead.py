@@ -175,7 +175,7 @@ def steady_state(sizes: Sizes) -> list[tuple]:
   chunked = round_ms["quickstart cadence (every epoch)"]
   rows.append(("base default (every 1000 steps), derived", f"{per:.3g}",
                f"{base + per * chunked:.1f}", f"{per * chunked / base:+.0%}",
-               common.ms(chunked), "the row above's round cost, 1000/46 times rarer"))
+               common.ms(chunked), "the quickstart cadence's round, 1000/46 times rarer"))
   return rows
 
 

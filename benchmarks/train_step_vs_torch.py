@@ -318,13 +318,16 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--models", default="quickstart,resnet18",
                       help="comma-separated: quickstart, resnet18")
   parser.add_argument("--batch", type=int, default=None, help="ResNet-18 batch (default 16)")
-  parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="torch.set_num_threads (default 2; 1 with --quick, which a busy "
+                           "machine's oversubscribed OpenMP threads slow down the most)")
   parser.add_argument("--matmul", type=int, default=None, help="matrix size (default 2048)")
   return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse(argv)
+  args.threads = args.threads or (1 if args.quick else 2)
   if torch is not None:
     torch.set_num_threads(args.threads)
   threads = f"PyTorch threads {args.threads}" if torch is not None else "no PyTorch"
