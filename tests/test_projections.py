@@ -50,3 +50,18 @@ def test_each_update_row_is_the_change_of_the_weights_projection(tmp_path):
     change = np.subtract(after["weights"], before["weights"])
     np.testing.assert_allclose(after["update"], change, rtol=1e-5, atol=1e-6)
     assert np.linalg.norm(change) > 0
+
+
+def test_stored_and_regenerated_directions_give_the_same_projections(seed):
+  rng = np.random.default_rng(seed)
+  params = _tree(rng, {"w": (30, 20), "b": (20,)})
+  stored = projections.projection_for(5, seed, params)
+  regenerated = jax.jit(projections.make_projection(5, seed))
+  np.testing.assert_allclose(stored(params), regenerated(params), rtol=1e-5, atol=1e-6)
+  limit = projections.STORED_DIRECTIONS_BYTES
+  try:
+    projections.STORED_DIRECTIONS_BYTES = 0  # forces the regenerating form
+    np.testing.assert_allclose(projections.projection_for(5, seed, params)(params),
+                               regenerated(params), rtol=1e-6)
+  finally:
+    projections.STORED_DIRECTIONS_BYTES = limit

@@ -9,6 +9,7 @@ written after it, and produces the same rows and weights as an uninterrupted run
 from __future__ import annotations
 
 import functools
+import collections
 import json
 import math
 import os
@@ -30,6 +31,9 @@ from invmeasure.training import (checkpoints, config_checks, metric_writer, proj
                                  step as step_lib, tasks)
 from invmeasure.training.errors import TrainingError
 from invmeasure.training.state import RunState, state_shardings
+
+
+MAX_STEPS_IN_FLIGHT = 16
 
 
 def _host(tree):
@@ -241,9 +245,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   num_projections = int(diag_cfg.get("num_projections", 0))
   project_every = int(diag_cfg.get("projection_every_steps", 0)) if num_projections else 0
-  project = jax.jit(projections.make_projection(num_projections, config.seed),
-                    out_shardings=replicated)
+  if project_every:
+    project = projections.projection_for(num_projections, config.seed, state.params,
+                                         out_shardings=replicated)
   before_update = None  # the projection before the step that ends on a projection row
+  # Projection rows wait on the device until the next metric row or checkpoint: reading
+  # each back at once would stop asynchronous dispatch every few steps.
+  pending_projections: list[tuple[int, jax.Array, jax.Array | None]] = []
+  in_flight: collections.deque = collections.deque()
 
   batches = _Batches(task, plan.batch_sharding)
   writer = metric_writer.MetricWriter(metrics_path) if jax.process_index() == 0 else None
@@ -281,12 +290,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last_row = row
 
   def record_projection(state: RunState, done: int) -> None:
-    weights = _host(project(state.params))
-    row = {"step": done, "weights": weights}
-    if before_update is not None:
-      row["update"] = weights - _host(before_update)
-    if projection_writer:
-      projection_writer.write(row)
+    pending_projections.append((done, project(state.params), before_update))
+
+  def write_projections() -> None:
+    for done, weights, before in pending_projections:
+      row = {"step": done, "weights": _host(weights)}
+      if before is not None:
+        row["update"] = row["weights"] - _host(before)
+      if projection_writer:
+        projection_writer.write(row)
+    pending_projections.clear()
 
   try:
     if start == 0 and project_every:
@@ -297,7 +310,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(start, num_steps):
       if project_every and (step + 1) % project_every == 0:
         before_update = project(state.params)  # read back only with the row
-      state, _ = train_step(state, batches.train(step))
+      state, step_metrics = train_step(state, batches.train(step))
+      # At most MAX_STEPS_IN_FLIGHT steps queued ahead of the host: XLA:CPU's simulated
+      # devices can deadlock in an all-reduce with ~40 sharded steps queued.
+      in_flight.append(step_metrics["loss"])
+      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+        in_flight.popleft().block_until_ready()
       done = step + 1
       if project_every and done % project_every == 0:
         record_projection(state, done)
@@ -316,6 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, measured = measure(state, done)
         row.update(measured)
       if row:
+        write_projections()
         emit(row, done)
         if progress is not None:
           progress.set_postfix(loss=f"{row.get('train_loss', float('nan')):.4f}", refresh=False)
@@ -325,6 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"non-finite weights at step {done}; stopped without saving them. The last "
               f"good checkpoint (step {checkpointer.latest_step()}) is kept; lower "
               "config.optimizer.learning_rate and rerun")
+        write_projections()  # every row up to a checkpoint is on disk before it
         checkpointer.save(state, done)
       if progress is not None:
         progress.update(1)
