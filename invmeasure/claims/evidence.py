@@ -24,8 +24,7 @@ DIAGNOSTIC_FIELD = "grad_norm"  # rows that carry it are diagnostic rows
 
 
 def _diagnostic_series(run: runs.Run, field: str) -> tuple[np.ndarray, np.ndarray]:
-  steps, values = runs.series(run, field, x="step", require=DIAGNOSTIC_FIELD)
-  return steps, values
+  return runs.series(run, field, x="step", require=DIAGNOSTIC_FIELD)
 
 
 def _segment(run: runs.Run, field: str, start: float, stop: float) -> tuple[float, float]:
@@ -271,13 +270,17 @@ def balance(run: runs.Run, figure_path: str, rel) -> Claim:
                   "rows": len(result.update.steps)}, [figure])
 
 
-def _plateau_checkpoints(workdir: str, count: int) -> list[int]:
-  """Up to `count` checkpoint steps of the run's second half, evenly spread, without the
-  final one (it ends an epoch; `suite.training_configs` says why that matters)."""
+def _plateau_checkpoints(workdir: str) -> list[int]:
+  """Checkpoint steps of the run's second half without the final one (it ends an
+  epoch; `suite.training_configs` says why that matters)."""
   steps = restore.checkpoint_steps(workdir)
-  plateau = [s for s in steps[:-1] if s >= PLATEAU * steps[-1]]
-  picks = np.unique(np.linspace(0, len(plateau) - 1, min(count, len(plateau))).round())
-  return [plateau[int(i)] for i in picks]
+  return [s for s in steps[:-1] if s >= PLATEAU * steps[-1]]
+
+
+def _spread(steps: list[int], count: int) -> list[int]:
+  """Up to `count` of `steps`, evenly spread."""
+  picks = np.unique(np.linspace(0, len(steps) - 1, min(count, len(steps))).round())
+  return [steps[int(i)] for i in picks]
 
 
 def _sufficient(n: int | None) -> float:
@@ -286,7 +289,7 @@ def _sufficient(n: int | None) -> float:
 
 def estimators(workdir: str, suite, figure_path: str, rel) -> list[Claim]:
   """Appendix A.2 (Figures 7 and 8) at the run's last checkpoint."""
-  plan, state = restore.load_run_state(workdir, _plateau_checkpoints(workdir, 1 << 30)[-1])
+  plan, state = restore.load_run_state(workdir, _plateau_checkpoints(workdir)[-1])
   study = estimators_lib.estimator_convergence(
       plan, state, suite.estimator_sample_sizes, suite.estimator_repeats, seed=0)
   figure = rel(study_figures.estimator_figure(study, figure_path))
@@ -322,7 +325,7 @@ def estimators(workdir: str, suite, figure_path: str, rel) -> list[Claim]:
 
 def step_sizes(workdir: str, run: runs.Run, suite, figure_path: str, rel) -> list[Claim]:
   """Theorem 5.2 and the exact one-step change of Theorem 4.3, at plateau checkpoints."""
-  steps = _plateau_checkpoints(workdir, suite.step_size_states)
+  steps = _spread(_plateau_checkpoints(workdir), suite.step_size_states)
   plan, states = restore.load_run_states(workdir, steps)
   study = step_size_lib.step_size_study(plan, states, num_minibatches=suite.step_size_minibatches)
   figure = rel(study_figures.step_size_figure(study, figure_path))

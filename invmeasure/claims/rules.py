@@ -56,26 +56,25 @@ def _ordered_decreasing_in_lr(n: Numbers) -> str:
   return INCONCLUSIVE
 
 
-def _grows(n: Numbers) -> str:
-  if not _finite(n, "early", "early_stderr", "late", "late_stderr"):
+def _exceeds(n: Numbers, low: str, high: str) -> str:
+  """Held if n[high] exceeds n[low] by more than twice the combined standard error
+  (fields `<name>_stderr`), not held if it falls short by more than that."""
+  if not _finite(n, low, f"{low}_stderr", high, f"{high}_stderr"):
     return INCONCLUSIVE
-  margin = 2 * math.hypot(n["early_stderr"], n["late_stderr"])
-  if n["late"] - n["early"] > margin:
+  margin = 2 * math.hypot(n[f"{low}_stderr"], n[f"{high}_stderr"])
+  if n[high] - n[low] > margin:
     return HELD
-  if n["early"] - n["late"] > margin:
+  if n[low] - n[high] > margin:
     return NOT_HELD
   return INCONCLUSIVE
+
+
+def _grows(n: Numbers) -> str:
+  return _exceeds(n, "early", "late")
 
 
 def _drops(n: Numbers) -> str:
-  if not _finite(n, "before", "before_stderr", "after", "after_stderr"):
-    return INCONCLUSIVE
-  margin = 2 * math.hypot(n["before_stderr"], n["after_stderr"])
-  if n["before"] - n["after"] > margin:
-    return HELD
-  if n["after"] - n["before"] > margin:
-    return NOT_HELD
-  return INCONCLUSIVE
+  return _exceeds(n, "after", "before")
 
 
 def _vanishes(n: Numbers) -> str:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import ml_collections
 
 from configs import quickstart, synthetic_1d as synthetic_config
+from invmeasure.data import batching, sources
 from invmeasure.training import loop, synthetic_1d
 
 # The learning rates of the constant runs, largest first.
@@ -82,7 +83,8 @@ def training_configs(suite: Suite) -> dict[str, ml_collections.ConfigDict]:
     config.optimizer.learning_rate = lr
     configs[f"lr_{lr:g}"] = config
   measure = configs[MEASURE_RUN]
-  steps_per_epoch = 1500 // measure.batch_size
+  steps_per_epoch = batching.steps_per_epoch(sources.NUM_TRAIN_EXAMPLES[measure.dataset],
+                                             measure.batch_size)
   # Off the epoch boundaries: a state that has just seen every example once is not a
   # typical sample of the iterates (its one-step change of the full loss is biased).
   measure.checkpoint_every_steps = suite.checkpoint_every_epochs * steps_per_epoch + 7

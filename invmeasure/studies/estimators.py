@@ -38,6 +38,7 @@ from jax.flatten_util import ravel_pytree
 
 from invmeasure.data import batching
 from invmeasure.studies import restore
+from invmeasure.studies._task_cache import per_task
 from invmeasure.training.errors import ConfigError
 from invmeasure.training.state import RunState
 
@@ -88,17 +89,8 @@ class UnitFunctions:
         lambda state, units: jax.vmap(lambda u: unit_loss(state, state.params, u))(units))
 
 
-_FUNCTIONS: dict[int, tuple[Any, UnitFunctions]] = {}
-
-
-def unit_functions(task: Any) -> UnitFunctions:
-  """The (cached) `UnitFunctions` of `task`, so repeated studies compile once."""
-  entry = _FUNCTIONS.get(id(task))
-  if entry is None or entry[0] is not task:
-    if len(_FUNCTIONS) >= 8:
-      _FUNCTIONS.clear()
-    entry = _FUNCTIONS[id(task)] = (task, UnitFunctions(task))
-  return entry[1]
+# The (cached) `UnitFunctions` of a task, so repeated studies compile once.
+unit_functions = per_task(UnitFunctions)
 
 
 def _take(units: dict, indices: np.ndarray, size: int) -> tuple[dict, int]:

@@ -29,6 +29,7 @@ from jax.flatten_util import ravel_pytree
 
 from invmeasure.data import batching
 from invmeasure.studies import estimators, restore
+from invmeasure.studies._task_cache import per_task
 from invmeasure.training.errors import ConfigError
 from invmeasure.training.state import RunState
 
@@ -90,17 +91,8 @@ class StepFunctions:
     self.curvature = jax.jit(curvature)
 
 
-_FUNCTIONS: dict[int, tuple[Any, StepFunctions]] = {}
-
-
-def step_functions(task: Any) -> StepFunctions:
-  """The (cached) `StepFunctions` of `task`, so repeated studies compile once."""
-  entry = _FUNCTIONS.get(id(task))
-  if entry is None or entry[0] is not task:
-    if len(_FUNCTIONS) >= 8:
-      _FUNCTIONS.clear()
-    entry = _FUNCTIONS[id(task)] = (task, StepFunctions(task))
-  return entry[1]
+# The (cached) `StepFunctions` of a task, so repeated studies compile once.
+step_functions = per_task(StepFunctions)
 
 
 class TrainingChunks(NamedTuple):
