@@ -8,8 +8,8 @@ written after it, and produces the same rows and weights as an uninterrupted run
 
 from __future__ import annotations
 
-import functools
 import collections
+import functools
 import json
 import math
 import os
