@@ -13,7 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.experiment = "train"  # experiments/run.py runs the training driver
   config.seed = 0  # weights, data order, augmentation and diagnostic minibatches
   config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir; None: the default
-  config.augmentation = "none"  # training batches: 'none' or 'crop_flip'
+  config.augmentation = "none"  # training batches: 'none', 'crop_flip' or 'shift_noise'
+  config.augmentation_shift = 1  # 'shift_noise': largest shift in pixels, each way
+  config.augmentation_noise_std = 0.0  # 'shift_noise': Gaussian pixel noise (normalised units)
   config.train_examples = 0  # train on the first this many examples (0: all), to overfit
 
   config.num_train_steps = 0  # when > 0, overrides num_epochs
@@ -34,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.diagnostics = ml_collections.ConfigDict()
   config.diagnostics.every_steps = 1000  # a diagnostic round every this many steps (0: never)
   config.diagnostics.at_epoch_end = False  # also at every epoch's end (paper eq. 3)
+  # 'train': each round's minibatches are augmented as training batches are (fresh draws
+  # from (seed, step)), so the round measures the objective SGD follows, the expectation
+  # over data and augmentation; 'none': un-augmented images, another function.
+  config.diagnostics.augment = "train"
   config.diagnostics.batch_size = 0  # examples per diagnostic minibatch (0: batch_size)
   config.diagnostics.num_minibatches = 16  # K training-size minibatches per round
   config.diagnostics.sharpness_iters = 5  # power iterations (the paper: 5 to 10)

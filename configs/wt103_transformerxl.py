@@ -95,6 +95,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.diagnostics = ml_collections.ConfigDict()
   config.diagnostics.every_steps = 5000  # a diagnostic round every this many steps (0: never)
   config.diagnostics.at_epoch_end = False  # also at every epoch's end (11,469 steps)
+  config.diagnostics.augment = "none"  # rounds run dropout off on an empty memory (lm_task.py)
   config.diagnostics.batch_size = 60  # rows per random segment batch (training size)
   config.diagnostics.num_minibatches = 800  # K segment batches per round, as the original
   config.diagnostics.sharpness_iters = 5  # power iterations

@@ -12,7 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from invmeasure.training import distributed, dry_run, loop, synthetic_1d
+from invmeasure.training import distributed, dry_run, loop, replicates, synthetic_1d
 from invmeasure.training.errors import ConfigError, TrainingError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,7 +28,15 @@ _DISTRIBUTED_AUTO = flags.DEFINE_bool(
 _DRY_RUN = flags.DEFINE_bool(
     'dry_run', False, 'Compile the train step and diagnostic round for the configured '
     'batch on the devices present, without data, and print FLOPs and memory.')
+_SEEDS = flags.DEFINE_list(
+    'seeds', None, 'Train once per seed into WORKDIR/seed_<s> and draw the seeds\' mean '
+    'with a band into WORKDIR/figures, e.g. --seeds=0,1,2.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _summary(row: dict) -> str:
+  return ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                   for k, v in row.items())
 
 
 def main(argv: list[str]) -> None:
@@ -41,15 +49,22 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   experiment = config.get('experiment', 'train')
   try:
+    if experiment != 'train' and _SEEDS.value is not None:
+      raise ConfigError(f'--seeds applies to training configs, not config.experiment='
+                        f'{experiment!r}')
     if experiment == 'synthetic_1d':
       rows = synthetic_1d.run(config, _WORKDIR.value)
       print(f'Wrote {_WORKDIR.value}\n{synthetic_1d.summarize(rows)}')
     elif experiment == 'train' and _DRY_RUN.value:
       dry_run.dry_run(config)
+    elif experiment == 'train' and _SEEDS.value is not None:
+      seeds = replicates.parse_seeds(_SEEDS.value)
+      for seed, row in zip(seeds, replicates.train_seeds(config, _WORKDIR.value, seeds)):
+        print(f'Finished {replicates.seed_workdir(_WORKDIR.value, seed)}: '
+              f'{_summary(row)}')
     elif experiment == 'train':
       row = loop.train_and_evaluate(config, _WORKDIR.value)
-      print(f'Finished {_WORKDIR.value}: ' + ', '.join(
-          f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()))
+      print(f'Finished {_WORKDIR.value}: {_summary(row)}')
     else:
       raise ConfigError(f'config.experiment={experiment!r} is unknown; use "train" or '
                         '"synthetic_1d"')

@@ -9,7 +9,9 @@
 - `weights.png`: the weight norm (Theorem 4.3 keeps it bounded under weight decay) and
   the distance travelled from the initialisation.
 
-Runs are labelled by what differs between their configs (`runs.config_differences`). A
+Runs are labelled by what differs between their configs (`runs.config_differences`); runs
+whose configs differ only in `seed` are replicates, drawn as their mean with a min-to-max
+band (`runs.seed_groups`). A
 field no run measured leaves its panel marked "not measured". Figures are built with
 matplotlib's object API on its Agg canvas, so importing this module leaves pyplot and
 its backend alone.
@@ -122,6 +124,21 @@ def _values(run: Run, curve: Curve) -> tuple[np.ndarray, np.ndarray]:
   return epochs, values
 
 
+def _group_values(group: Sequence[Run], curve: Curve
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+  """(epochs, mean, low, high) of the curve over a group's runs, at the epochs every run
+  measured; low and high (the band) are None for a group of one."""
+  if len(group) == 1:
+    epochs, values = _values(group[0], curve)
+    return epochs, values, None, None
+  pairs = [_values(run, curve) for run in group]
+  common = pairs[0][0]
+  for epochs, _ in pairs[1:]:
+    common = np.intersect1d(common, epochs)
+  stacked = np.stack([values[np.searchsorted(epochs, common)] for epochs, values in pairs])
+  return common, stacked.mean(0), stacked.min(0), stacked.max(0)
+
+
 def _style_legend(ax: Axes, curves: Sequence[Curve], with_lr_line: bool) -> None:
   """A legend of the panel's line styles, in grey, independent of the run colours."""
   handles = [Line2D([], [], color="0.3", linestyle=c.linestyle, marker=c.marker, ms=4,
@@ -147,20 +164,23 @@ def _spans_a_decade(values: np.ndarray) -> bool:
   return bool(values.size and values.min() > 0 and values.max() >= 10 * values.min())
 
 
-def _draw_panel(ax: Axes, panel: Panel, runs: Sequence[Run], colors: Sequence[str],
-                lr_changes: Sequence[Sequence[float]]) -> bool:
-  """Draws every run's curves of `panel` into `ax`; returns whether anything was drawn."""
+def _draw_panel(ax: Axes, panel: Panel, groups: Sequence[Sequence[Run]],
+                colors: Sequence[str], lr_changes: Sequence[Sequence[float]]) -> bool:
+  """Draws every group's curves of `panel` into `ax` (a group of seeds as its mean with a
+  min-to-max band); returns whether anything was drawn."""
   ax.set_title(panel.title, fontsize=10)
   drawn = []
-  for run, color in zip(runs, colors):
+  for group, color in zip(groups, colors):
     for curve in panel.curves:
-      if curve.applies is not None and not curve.applies(run):
+      if curve.applies is not None and not curve.applies(group[0]):
         continue
-      epochs, values = _values(run, curve)
+      epochs, values, low, high = _group_values(group, curve)
       if epochs.size:
         marker = curve.marker if epochs.size <= 60 else None
         ax.plot(epochs, values, color=color, linestyle=curve.linestyle, marker=marker,
                 ms=3.5, lw=1.3 if curve.marker is None else 1.1)
+        if low is not None:
+          ax.fill_between(epochs, low, high, color=color, alpha=0.18, lw=0)
         drawn.append(curve)
   if not drawn:
     _mark_not_measured(ax, panel)
@@ -174,7 +194,8 @@ def _draw_panel(ax: Axes, panel: Panel, runs: Sequence[Run], colors: Sequence[st
   _style_legend(ax, present, any_lr_line)
   ax.set(xlabel="epoch", ylabel=panel.ylabel)
   if panel.log_y and _spans_a_decade(
-      np.concatenate([_values(run, c)[1] for run in runs for c in present])):
+      np.concatenate([_values(run, c)[1] for group in groups for run in group
+                      for c in present])):
     ax.set_yscale("log")
   ax.grid(alpha=0.25)
   return True
@@ -191,11 +212,13 @@ def _title(runs: Sequence[Run], what: str) -> str:
   return f"{what}: {', '.join(shared)}" if shared else what
 
 
-def _draw_figure(runs: Sequence[Run], labels: Sequence[str], colors: Sequence[str],
-                 panels: Sequence[Panel], path: str, title: str, *, ncols: int = 2,
-                 panel_size: tuple[float, float] = (6.0, 4.0), sharey: bool = False) -> str:
-  """A grid of `panels`, runs overlaid with a shared colour legend; saved to `path`."""
-  lr_changes = [runs_lib.lr_change_epochs(run) for run in runs]
+def _draw_figure(groups: Sequence[Sequence[Run]], labels: Sequence[str],
+                 colors: Sequence[str], panels: Sequence[Panel], path: str, title: str, *,
+                 ncols: int = 2, panel_size: tuple[float, float] = (6.0, 4.0),
+                 sharey: bool = False) -> str:
+  """A grid of `panels`, groups of runs overlaid with a shared colour legend; saved to
+  `path`."""
+  lr_changes = [runs_lib.lr_change_epochs(group[0]) for group in groups]
   nrows = -(-len(panels) // ncols)
   wrapped = [textwrap.fill(label, _LABEL_WIDTH) for label in labels]
   legend_cols = 1 if max(len(label) for label in labels) > _LABEL_WIDTH // 2 else 3
@@ -206,10 +229,10 @@ def _draw_figure(runs: Sequence[Run], labels: Sequence[str], colors: Sequence[st
   for ax in axes[len(panels):]:
     ax.set_visible(False)
   for ax, panel in zip(axes, panels):
-    _draw_panel(ax, panel, runs, colors, lr_changes)
+    _draw_panel(ax, panel, groups, colors, lr_changes)
   run_handles = [Line2D([], [], color=color, lw=2.5, label=label)
                  for color, label in zip(colors, wrapped)]
-  fig.legend(handles=run_handles, loc="lower center", ncol=min(len(runs), legend_cols),
+  fig.legend(handles=run_handles, loc="lower center", ncol=min(len(groups), legend_cols),
              fontsize=9, frameon=False)
   fig.suptitle(title)
   fig.tight_layout(rect=(0, (0.15 + 0.22 * legend_lines) / height, 1, 1))
@@ -245,19 +268,22 @@ def write_figures(workdirs: Sequence[str], out_dir: str) -> list[str]:
   runs = [runs_lib.load_run(workdir) for workdir in workdirs]
   for run in runs:
     _check_has_epochs(run)
-  labels = runs_lib.config_differences(runs)
-  colors = [f"C{i % 10}" for i in range(len(runs))]
+  groups = runs_lib.seed_groups(runs)
+  labels = runs_lib.group_labels(groups)
+  colors = [f"C{i % 10}" for i in range(len(groups))]
   os.makedirs(out_dir, exist_ok=True)
 
-  paths = [_draw_figure(runs, labels, colors, DYNAMICS_PANELS,
+  paths = [_draw_figure(groups, labels, colors, DYNAMICS_PANELS,
                         os.path.join(out_dir, TRAINING_DYNAMICS),
                         _title(runs, "Training dynamics"))]
-  with_epoch_ends = [i for i, run in enumerate(runs) if runs_lib.has_field(run, _EPOCH_END)]
+  with_epoch_ends = [i for i, group in enumerate(groups)
+                     if runs_lib.has_field(group[0], _EPOCH_END)]
   if with_epoch_ends:
     paths.append(_draw_figure(
-        [runs[i] for i in with_epoch_ends], [labels[i] for i in with_epoch_ends],
-        [colors[i] for i in with_epoch_ends], MOVING_AVERAGE_PANELS, os.path.join(out_dir, MOVING_AVERAGE),
-        _title(runs, "Full-batch loss two ways"), sharey=True))
-  paths.append(_draw_figure(runs, labels, colors, WEIGHTS_PANELS, os.path.join(out_dir, WEIGHTS),
-                            _title(runs, "Weights")))
+        [groups[i] for i in with_epoch_ends], [labels[i] for i in with_epoch_ends],
+        [colors[i] for i in with_epoch_ends], MOVING_AVERAGE_PANELS,
+        os.path.join(out_dir, MOVING_AVERAGE), _title(runs, "Full-batch loss two ways"),
+        sharey=True))
+  paths.append(_draw_figure(groups, labels, colors, WEIGHTS_PANELS,
+                            os.path.join(out_dir, WEIGHTS), _title(runs, "Weights")))
   return paths

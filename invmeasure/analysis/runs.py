@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -39,8 +40,13 @@ class Run:
 
   @property
   def name(self) -> str:
-    """The workdir's last path component, e.g. `quickstart` for `runs/quickstart/`."""
-    return os.path.basename(os.path.normpath(self.workdir))
+    """The workdir's last path component, e.g. `quickstart` for `runs/quickstart/`; for
+    one seed of several (`runs/quickstart/seed_1`, as `--seeds` writes) the one above."""
+    path = os.path.normpath(self.workdir)
+    name = os.path.basename(path)
+    if re.fullmatch(r"seed_\d+", name) and os.path.basename(os.path.dirname(path)):
+      return os.path.basename(os.path.dirname(path))
+    return name
 
 
 def _read_config(workdir: str) -> dict[str, Any]:
@@ -175,3 +181,31 @@ def config_differences(runs: Sequence[Run]) -> list[str]:
             for flat in flats]
   return [f"{label} ({run.name})" if labels.count(label) > 1 else label
           for label, run in zip(labels, runs)]
+
+
+def seed_groups(runs: Sequence[Run]) -> list[list[Run]]:
+  """The runs grouped by config, ignoring `seed` (replicates of one experiment share a
+  group), in the order of each group's first run."""
+  groups: dict[tuple, list[Run]] = {}
+  for run in runs:
+    flat = flatten_config(run.config)
+    flat.pop("seed", None)
+    key = tuple(sorted((k, _format_value(v)) for k, v in flat.items()))
+    groups.setdefault(key, []).append(run)
+  return list(groups.values())
+
+
+def group_labels(groups: Sequence[Sequence[Run]]) -> list[str]:
+  """`config_differences` of the groups' first runs; a group of several seeds says so."""
+  if len(groups) == 1 and len(groups[0]) > 1:
+    labels = [""]
+  else:
+    labels = config_differences([group[0] for group in groups])
+  out = []
+  for label, group in zip(labels, groups):
+    if len(group) > 1:
+      seeds = ", ".join(str(run.config.get("seed", "?")) for run in group)
+      label = (f"{label}: " if label else "") + (
+          f"mean of {len(group)} seeds ({seeds}), band: min to max")
+    out.append(label)
+  return out

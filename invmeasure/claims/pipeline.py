@@ -16,56 +16,67 @@ def _log(message: str) -> None:
   print(f"[claims] {message}", file=sys.stderr, flush=True)
 
 
+def _seed_claims(suite: suite_lib.Suite, paths: dict[str, str], dynamics: dict[str, str],
+                 lr_figure: str, fig_dir: str, rel) -> list[report.Claim]:
+  """Every claim measured on one seed's runs (`paths`: run name -> workdir), in the
+  report's order; the 1-D example's claim is not among them (it has no seed)."""
+  loaded = {name: runs.load_run(path) for name, path in paths.items()}
+  fig = lambda name: os.path.join(fig_dir, name)  # noqa: E731
+  measure_name = suite_lib.MEASURE_RUN
+  measure = loaded[measure_name]
+  constant = [loaded[suite_lib.constant_name(lr)] for lr in suite_lib.CONSTANT_LRS]
+  five = rel(os.path.join(paths[measure_name], "figures",
+                          "moving_average_vs_last_iterate.png"))
+
+  claims = [evidence.loss_stable_gradient_not_vanishing(measure, dynamics[measure_name])]
+  claims += evidence.smaller_lr_larger(constant, lr_figure)
+  claims.append(evidence.noise_grows(measure, dynamics[measure_name]))
+  claims.append(evidence.lr_decay_lowers_loss(loaded["step"], dynamics["step"]))
+  claims.append(evidence.overfit_gradient_vanishes(loaded["overfit"], dynamics["overfit"]))
+  claims.append(evidence.moving_average_smoother(measure, five))
+  averages_png = invariant_figures.plot_birkhoff_averages(measure.rows, fig("time_averages.png"))
+  claims += evidence.time_average_converges(measure, rel(averages_png))
+  claims.append(evidence.measure_converges(paths[measure_name], measure_name,
+                                           fig("windows.png"), rel))
+  claims.append(evidence.inside_ball(loaded["plain_sgd"], fig("ball.png"), rel))
+  for name in (measure_name, "plain_sgd"):
+    claims.append(evidence.balance(loaded[name], fig(f"equation10_{name}.png"), rel))
+  claims += evidence.estimators(paths[measure_name], suite, fig("estimators.png"), rel)
+  claims += evidence.step_sizes(paths[measure_name], measure, suite, fig("step_size.png"), rel)
+  return claims
+
+
 def write_report(workdir: str, quick: bool = False) -> str:
   """Runs (or resumes) the suite in `workdir/runs`, then writes `workdir/claims.md`."""
   config_checks.check_workdir(workdir)
   started = time.time()
   suite = suite_lib.quick() if quick else suite_lib.full()
   os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
-  workdirs = suite_lib.run_all(suite, workdir, log=lambda name: _log(f"run {name}"))
+  synthetic_dir, workdirs = suite_lib.run_all(suite, workdir,
+                                              log=lambda name: _log(f"run {name}"))
   trained = time.time()
-  loaded = {name: runs.load_run(path) for name, path in workdirs.items()
-            if name != "synthetic_1d"}
   fig = lambda *parts: os.path.join(workdir, "figures", *parts)  # noqa: E731
   rel = lambda path: os.path.relpath(path, workdir)  # noqa: E731
 
-  constant = [loaded[f"lr_{lr:g}"] for lr in suite_lib.CONSTANT_LRS]
-  measure_run = loaded[suite_lib.MEASURE_RUN]
-  lr_figures = figures.write_figures([r.workdir for r in constant], fig("learning_rates"))
-  dynamics = {name: rel(os.path.join(path, "figures", "training_dynamics.png"))
-              for name, path in workdirs.items()}
-  five = os.path.join(workdirs[suite_lib.MEASURE_RUN], "figures",
-                      "moving_average_vs_last_iterate.png")
+  _log("figures of the seeds' means")
+  dynamics = {name: rel(figures.write_figures(list(by_seed.values()), fig(name))[0])
+              for name, by_seed in workdirs.items()}
+  lr_figure = rel(figures.write_figures(
+      [workdirs[suite_lib.constant_name(lr)][s] for lr in suite_lib.CONSTANT_LRS
+       for s in suite.seeds], fig("learning_rates"))[0])
 
-  _log("claims from the training runs")
-  claims = [evidence.loss_stable_gradient_not_vanishing(measure_run,
-                                                       dynamics[suite_lib.MEASURE_RUN])]
-  claims += evidence.smaller_lr_larger(constant, rel(lr_figures[0]))
-  claims.append(evidence.noise_grows(measure_run, dynamics[suite_lib.MEASURE_RUN]))
-  claims.append(evidence.lr_decay_lowers_loss(loaded["step"], dynamics["step"]))
-  claims.append(evidence.overfit_gradient_vanishes(loaded["overfit"], dynamics["overfit"]))
-  claims.append(evidence.moving_average_smoother(measure_run, rel(five)))
-  synthetic_rows = metric_writer.read_metrics(
-      os.path.join(workdirs["synthetic_1d"], runs.METRICS_FILE))
-  claims.append(evidence.synthetic_regimes(
-      synthetic_rows, rel(os.path.join(workdirs["synthetic_1d"], "figures", "synthetic_1d.png"))))
+  per_seed = []
+  for seed in suite.seeds:
+    _log(f"claims of seed {seed} (with its fixed-weight studies)")
+    os.makedirs(fig(f"seed_{seed}"), exist_ok=True)
+    paths = {name: by_seed[seed] for name, by_seed in workdirs.items()}
+    per_seed.append(_seed_claims(suite, paths, dynamics, lr_figure, fig(f"seed_{seed}"), rel))
+  claims = [report.combine(suite.seeds, same) for same in zip(*per_seed)]
 
-  _log("invariant-measure analysis")
-  averages_png = invariant_figures.plot_birkhoff_averages(measure_run.rows,
-                                                         fig("time_averages.png"))
-  claims += evidence.time_average_converges(measure_run, rel(averages_png))
-  claims.append(evidence.measure_converges(workdirs[suite_lib.MEASURE_RUN],
-                                           suite_lib.MEASURE_RUN, fig("windows.png"), rel))
-  claims.append(evidence.inside_ball(loaded["plain_sgd"], fig("ball.png"), rel))
-  for name in (suite_lib.MEASURE_RUN, "plain_sgd"):
-    claims.append(evidence.balance(loaded[name], fig(f"equation10_{name}.png"), rel))
-
-  _log("estimator study")
-  claims += evidence.estimators(workdirs[suite_lib.MEASURE_RUN], suite,
-                                fig("estimators.png"), rel)
-  _log("step-size study")
-  claims += evidence.step_sizes(workdirs[suite_lib.MEASURE_RUN], measure_run, suite,
-                                fig("step_size.png"), rel)
+  synthetic_rows = metric_writer.read_metrics(os.path.join(synthetic_dir, runs.METRICS_FILE))
+  synthetic = evidence.synthetic_regimes(
+      synthetic_rows, rel(os.path.join(synthetic_dir, "figures", "synthetic_1d.png")))
+  claims.insert(suite_lib.SYNTHETIC_POSITION, synthetic)
 
   header = {
       "command": f"python -m experiments.claims --workdir={workdir}"
@@ -74,6 +85,8 @@ def write_report(workdir: str, quick: bool = False) -> str:
       "date": datetime.date.today().isoformat(),
       "machine": report.machine(),
       "wall time": f"{time.time() - started:.0f} s ({trained - started:.0f} s training)",
-      "runs": ", ".join(f"`runs/{name}`" for name in workdirs),
+      "seeds": ", ".join(map(str, suite.seeds)),
+      "runs": ", ".join(f"`runs/{name}/seed_<s>`" for name in workdirs)
+              + ", `runs/synthetic_1d` (deterministic: one run)",
   }
   return report.write(claims, workdir, header)

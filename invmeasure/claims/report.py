@@ -16,9 +16,12 @@ class Claim(NamedTuple):
   statement: str             # the paper's claim in one sentence
   evidence: str              # which runs and measurements the numbers come from
   rule: str                  # a key of `rules.RULES`
-  numbers: dict[str, float]  # what the verdict is computed from
+  numbers: dict[str, float]  # one seed's: what its verdict is computed from; combined: means
   figures: tuple[str, ...]   # paths relative to the report's directory
   verdict: str
+  seeds: tuple[int, ...] = ()                  # combined claims: the replicates' seeds
+  per_seed: tuple[dict[str, float], ...] = ()  # and each one's numbers
+  seed_verdicts: tuple[str, ...] = ()          # and each one's verdict
 
 
 def make_claim(key: str, statement: str, evidence: str, rule: str,
@@ -27,6 +30,20 @@ def make_claim(key: str, statement: str, evidence: str, rule: str,
   numbers = {name: float(value) for name, value in numbers.items()}
   return Claim(key, statement, evidence, rule, numbers, tuple(figures),
                rules.decide(rule, numbers))
+
+
+def combine(seeds: Sequence[int], claims: Sequence[Claim]) -> Claim:
+  """One claim from the same claim measured on each seed's runs: the verdict is
+  `rules.combine` of theirs, the numbers their means (shown beside each seed's)."""
+  first = claims[0]
+  if any(c.key != first.key or c.rule != first.rule for c in claims):
+    raise ValueError(f"combine() takes one claim measured per seed, got {[c.key for c in claims]}")
+  numbers = {name: sum(c.numbers.get(name, math.nan) for c in claims) / len(claims)
+             for name in first.numbers}
+  verdicts = tuple(c.verdict for c in claims)
+  return first._replace(numbers=numbers, seeds=tuple(seeds),
+                        per_seed=tuple(c.numbers for c in claims), seed_verdicts=verdicts,
+                        verdict=rules.combine(verdicts))
 
 
 def _format(value: float) -> str:
@@ -51,13 +68,28 @@ def _markdown(claims: Sequence[Claim], header: Mapping[str, str]) -> str:
   lines += [f"| {i} | {c.statement.replace('|', '/')} | **{c.verdict}** |"
             for i, c in enumerate(claims, 1)]
   for i, claim in enumerate(claims, 1):
-    lines += ["", f"## {i}. {claim.statement}", "", f"Evidence: {claim.evidence}", "",
-              "| number | value |", "| --- | --- |"]
-    lines += [f"| `{name}` | {_format(value)} |" for name, value in claim.numbers.items()]
-    lines += ["", f"Rule (`{claim.rule}`): {rules.RULES[claim.rule].text}", "",
-              f"Verdict: **{claim.verdict}**"]
+    lines += ["", f"## {i}. {claim.statement}", "", f"Evidence: {claim.evidence}", ""]
+    lines += _numbers_table(claim)
+    lines += ["", f"Rule (`{claim.rule}`): {rules.RULES[claim.rule].text}", ""]
+    if claim.seeds:
+      lines += [f"Per seed: " + ", ".join(f"seed {s}: {v}" for s, v in
+                                          zip(claim.seeds, claim.seed_verdicts)) + ". "
+                f"Combined: {rules.COMBINE_TEXT}", ""]
+    lines += [f"Verdict: **{claim.verdict}**"]
     lines += [f"\n![{os.path.basename(f)}]({f})" for f in claim.figures]
   return "\n".join(lines) + "\n"
+
+
+def _numbers_table(claim: Claim) -> list[str]:
+  if not claim.seeds:
+    return (["| number | value |", "| --- | --- |"]
+            + [f"| `{name}` | {_format(value)} |" for name, value in claim.numbers.items()])
+  head = "| number | mean | " + " | ".join(f"seed {s}" for s in claim.seeds) + " |"
+  lines = [head, "| --- " * (2 + len(claim.seeds)) + "|"]
+  for name, value in claim.numbers.items():
+    cells = " | ".join(_format(n.get(name, math.nan)) for n in claim.per_seed)
+    lines.append(f"| `{name}` | {_format(value)} | {cells} |")
+  return lines
 
 
 def machine() -> str:
@@ -79,4 +111,7 @@ def read(directory: str) -> list[Claim]:
   """The claims of a written report (for checking verdicts against the rules)."""
   with open(os.path.join(directory, "claims.json"), encoding="utf-8") as f:
     data = json.load(f)
-  return [Claim(**{**c, "figures": tuple(c["figures"])}) for c in data["claims"]]
+  return [Claim(**{**c, "figures": tuple(c["figures"]), "seeds": tuple(c.get("seeds", ())),
+                  "per_seed": tuple(c.get("per_seed", ())),
+                  "seed_verdicts": tuple(c.get("seed_verdicts", ()))})
+          for c in data["claims"]]

@@ -5,12 +5,17 @@ check a verdict by hand, and the tests recompute every verdict from the report. 
 thresholds are fixed here, before any run, and are the same in quick and full mode.
 Verdicts: HELD, NOT_HELD, INCONCLUSIVE (the numbers cannot tell, e.g. the difference
 is within the standard errors).
+
+Every training run is repeated over several seeds: a rule decides each seed's numbers
+(within a run, batch means over windows are the unit of its standard errors) and
+`combine` turns the seeds' verdicts into the claim's (`COMBINE_TEXT`), so the seeds are
+independent replicates.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
 Numbers = Mapping[str, float]
@@ -266,3 +271,17 @@ RULES: dict[str, Rule] = {
 def decide(rule: str, numbers: Numbers) -> str:
   """The verdict of `rule` on `numbers`."""
   return RULES[rule].decide(numbers)
+
+
+COMBINE_TEXT = ("held if held on a majority of the seeds and not held on none; not held if "
+                "not held on a majority and held on none; otherwise inconclusive.")
+
+
+def combine(verdicts: Sequence[str]) -> str:
+  """The claim's verdict from its seeds' verdicts (`COMBINE_TEXT`)."""
+  held, not_held = verdicts.count(HELD), verdicts.count(NOT_HELD)
+  if 2 * held > len(verdicts) and not not_held:
+    return HELD
+  if 2 * not_held > len(verdicts) and not held:
+    return NOT_HELD
+  return INCONCLUSIVE

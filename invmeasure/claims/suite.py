@@ -1,15 +1,25 @@
 """The CPU-scale runs behind the claims report, and running them.
 
-Every run is the quickstart's model on digits (`configs/quickstart.py`) with a few fields
-changed, so that differences between runs are the ones a claim is about:
-- `lr_0.1`, `lr_0.03`, `lr_0.01`: constant learning rates (Figures 1 and 2); `lr_0.1`
-  keeps a checkpoint every few epochs, the samples of its empirical measure for the
-  fixed-weight studies (estimators, step size).
+Every run is the quickstart's CPU twin of the ImageNet experiment (`configs/quickstart.py`:
+digits under fresh shift-and-noise augmentation, which the network cannot interpolate)
+with a few fields changed, so that differences between runs are the ones a claim is
+about, and each is repeated over `Suite.seeds` (independent replicates, in
+`runs/<name>/seed_<s>`):
+- `lr_0.1`, `lr_0.03`, `lr_0.01`: constant learning rates (Figures 1 and 2). The weight
+  decay is scaled so that eta * lambda stays at the quickstart's 5e-5: every run then has
+  the same relaxation time (1 - beta) / (eta lambda) = 2,000 steps and lasts ten of them.
+  (With one lambda, the 0.01 run would need ten times the steps to equilibrate.)
+  `lr_0.1` keeps a checkpoint every few epochs, the samples of its empirical measure for
+  the fixed-weight studies (estimators, step size).
 - `step`: 0.1, divided by 10 half-way (Figure 1's schedule).
-- `plain_sgd`: no momentum, for Theorem 4.3's ball, which is stated for plain SGD.
-- `overfit`: 256 examples, no weight decay, to be fitted exactly (Figure 6).
-`quick` shrinks every run (a narrower model, fewer epochs and minibatches) into a smoke
-version for tests; its numbers are not evidence.
+- `plain_sgd`: no momentum, for Theorem 4.3's ball, which is stated for plain SGD; step
+  0.5 (half the momentum runs' effective 0.1 / (1 - 0.9)) and lambda 1e-3, so again
+  1 / (eta lambda) = 2,000 steps.
+- `overfit`: `configs/digits_interpolation.py` (no augmentation) on 256 examples without
+  weight decay, to be fitted exactly (Figure 6).
+The 1-D example (`configs/synthetic_1d.py`) is deterministic: it runs once.
+`quick` shrinks every run (a narrower model, fewer steps, two seeds) into a smoke version
+for tests; its numbers are not evidence.
 """
 
 from __future__ import annotations
@@ -19,18 +29,25 @@ from typing import NamedTuple
 
 import ml_collections
 
-from configs import quickstart, synthetic_1d as synthetic_config
+from configs import digits_interpolation, quickstart, synthetic_1d as synthetic_config
 from invmeasure.data import batching, sources
-from invmeasure.training import loop, synthetic_1d
+from invmeasure.training import loop, replicates, synthetic_1d
 
 # The learning rates of the constant runs, largest first.
 CONSTANT_LRS = (0.1, 0.03, 0.01)
 MEASURE_RUN = "lr_0.1"  # the run whose checkpoints sample the empirical measure
+# Where the 1-D example's claim (which has no seeds) stands in the report.
+SYNTHETIC_POSITION = 8
+
+
+def constant_name(lr: float) -> str:
+  return f"lr_{lr:g}"
 
 
 class Suite(NamedTuple):
   """Sizes of everything the report runs; `full()` and `quick()` are the two used."""
   quick: bool
+  seeds: tuple[int, ...]        # every training run is repeated with each
   num_epochs: int
   overfit_epochs: int
   widths: tuple[int, ...]
@@ -47,9 +64,10 @@ class Suite(NamedTuple):
 
 
 def full() -> Suite:
-  return Suite(quick=False, num_epochs=200, overfit_epochs=300, widths=(32, 64),
-               diagnostic_every_steps=46, num_minibatches=16, sharpness_iters=5, projection_every_steps=5,
-               checkpoint_every_epochs=10,
+  return Suite(quick=False, seeds=(0, 1, 2), num_epochs=435, overfit_epochs=300,
+               widths=(32, 64), diagnostic_every_steps=23, num_minibatches=16,
+               sharpness_iters=5, projection_every_steps=10,
+               checkpoint_every_epochs=20,
                # Up to 1,024 minibatches, past the paper's K = 600 (Appendix A.2).
                estimator_sample_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
                estimator_repeats=20, step_size_states=8, step_size_minibatches=32,
@@ -57,15 +75,14 @@ def full() -> Suite:
 
 
 def quick() -> Suite:
-  return Suite(quick=True, num_epochs=6, overfit_epochs=12, widths=(8,),
+  return Suite(quick=True, seeds=(0, 1), num_epochs=6, overfit_epochs=12, widths=(8,),
                diagnostic_every_steps=5, num_minibatches=4,
                sharpness_iters=3, projection_every_steps=2, checkpoint_every_epochs=1,
                estimator_sample_sizes=(1, 2, 4, 8), estimator_repeats=4, step_size_states=2,
                step_size_minibatches=4, synthetic_steps=120)
 
 
-def _base(suite: Suite) -> ml_collections.ConfigDict:
-  config = quickstart.get_config()
+def _sized(config: ml_collections.ConfigDict, suite: Suite) -> ml_collections.ConfigDict:
   config.num_epochs = suite.num_epochs
   config.model.widths = suite.widths
   config.diagnostics.every_steps = suite.diagnostic_every_steps
@@ -75,13 +92,28 @@ def _base(suite: Suite) -> ml_collections.ConfigDict:
   return config
 
 
+def _base(suite: Suite) -> ml_collections.ConfigDict:
+  return _sized(quickstart.get_config(), suite)
+
+
+def _relaxation_matched(config: ml_collections.ConfigDict, lr: float,
+                        momentum: float) -> ml_collections.ConfigDict:
+  """`config` at step `lr` and `momentum`, its weight decay set so that the relaxation
+  time (1 - momentum) / (lr * weight_decay) stays the quickstart's."""
+  base = config.optimizer
+  relaxation = (1 - base.momentum) / (base.learning_rate * base.weight_decay)
+  config.optimizer.learning_rate = lr
+  config.optimizer.momentum = momentum
+  config.optimizer.weight_decay = (1 - momentum) / (lr * relaxation)
+  return config
+
+
 def training_configs(suite: Suite) -> dict[str, ml_collections.ConfigDict]:
-  """The training runs by name (the name is the run's directory under `DIR/runs`)."""
+  """The training runs by name (the name is the run's directory under `DIR/runs`), each
+  to be run once per seed."""
   configs = {}
   for lr in CONSTANT_LRS:
-    config = _base(suite)
-    config.optimizer.learning_rate = lr
-    configs[f"lr_{lr:g}"] = config
+    configs[constant_name(lr)] = _relaxation_matched(_base(suite), lr, momentum=0.9)
   measure = configs[MEASURE_RUN]
   steps_per_epoch = batching.steps_per_epoch(sources.NUM_TRAIN_EXAMPLES[measure.dataset],
                                              measure.batch_size)
@@ -95,12 +127,9 @@ def training_configs(suite: Suite) -> dict[str, ml_collections.ConfigDict]:
   step.schedule.boundaries_epochs = (suite.num_epochs / 2,)
   configs["step"] = step
 
-  plain = _base(suite)
-  plain.optimizer.momentum = 0.0
-  plain.optimizer.learning_rate = 0.5  # half the momentum runs' effective 0.1 / (1 - 0.9)
-  configs["plain_sgd"] = plain
+  configs["plain_sgd"] = _relaxation_matched(_base(suite), 0.5, momentum=0.0)
 
-  overfit = _base(suite)
+  overfit = _sized(digits_interpolation.get_config(), suite)
   overfit.train_examples = 256
   overfit.optimizer.weight_decay = 0.0
   overfit.num_epochs = suite.overfit_epochs
@@ -116,21 +145,25 @@ def synthetic_config_for(suite: Suite) -> ml_collections.ConfigDict:
   return config
 
 
-def run_all(suite: Suite, workdir: str, log=print) -> dict[str, str]:
-  """Trains every run of the suite that is not finished yet; returns name -> workdir.
+def run_all(suite: Suite, workdir: str, log=print) -> tuple[str, dict[str, dict[int, str]]]:
+  """Trains every run of the suite that is not finished yet, on every seed.
 
-  Each run resumes from its checkpoints like any training run, so rerunning the report
-  after a kill repeats no finished work.
+  Returns the 1-D example's workdir and {run name: {seed: workdir}}. Each run resumes
+  from its checkpoints like any training run, so rerunning the report after a kill
+  repeats no finished work.
   """
   runs_dir = os.path.join(workdir, "runs")
-  workdirs = {}
   synthetic_dir = os.path.join(runs_dir, "synthetic_1d")
   log("synthetic_1d")
   synthetic_1d.run(synthetic_config_for(suite), synthetic_dir)
-  workdirs["synthetic_1d"] = synthetic_dir
+  workdirs: dict[str, dict[int, str]] = {}
   for name, config in training_configs(suite).items():
-    log(name)
-    run_dir = os.path.join(runs_dir, name)
-    loop.train_and_evaluate(config, run_dir)
-    workdirs[name] = run_dir
-  return workdirs
+    workdirs[name] = {}
+    for seed in suite.seeds:
+      log(f"{name}, seed {seed}")
+      run_dir = replicates.seed_workdir(os.path.join(runs_dir, name), seed)
+      replicate = config.copy_and_resolve_references()
+      replicate.seed = seed
+      loop.train_and_evaluate(replicate, run_dir)
+      workdirs[name][seed] = run_dir
+  return synthetic_dir, workdirs

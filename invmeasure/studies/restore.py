@@ -115,13 +115,30 @@ def on_one_device(tree: Any, device: jax.Device | None = None) -> Any:
   return jax.device_put(tree, device or jax.local_devices()[0])
 
 
-def training_set(task: Any, max_examples: int | None = None) -> dict | None:
+# Augmented copies of each example that stand for the expectation over augmentation.
+AUGMENTATION_DRAWS = 4
+
+
+def training_set(task: Any, max_examples: int | None = None,
+                 augmentation_draws: int = AUGMENTATION_DRAWS) -> dict | None:
   """All training examples of `task` as numpy arrays (`task.source` read in index order),
-  or None when the task has no random-access source or more than `max_examples`."""
+  or None when the task has no random-access source or more than `max_examples`.
+
+  When the task's diagnostic loss augments each example on the device (an augmented
+  twin with `diagnostics.augment='train'`), the set is `augmentation_draws` copies of
+  the examples, each with its own `augment_index`: a fixed sample of the augmented
+  data whose mean loss estimates the objective SGD follows (the expectation over data
+  and augmentation), the same draws at every weight of one state (common random
+  numbers for differences).
+  """
   source = getattr(task, "source", None)
   if source is None:
     return None
   size = len(source)
   if max_examples is not None and size > max_examples:
     return None
-  return source.read(np.arange(size), None)
+  examples = source.read(np.arange(size), None)
+  if getattr(task, "augments_diagnostics", False):
+    examples = {k: np.concatenate([v] * augmentation_draws) for k, v in examples.items()}
+    examples["augment_index"] = np.arange(size * augmentation_draws, dtype=np.int32)
+  return examples

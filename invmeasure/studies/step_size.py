@@ -217,8 +217,9 @@ def step_size_study(plan: Any, states: Sequence[RunState],
   F(x + c u_B) - F(x) and f(x + c u_B) - f(x) for every c, f over the whole training set
   (`TrainingChunks`), F = f + (weight_decay / 2) ||x||^2 with the task's weight decay.
   Step size c * eta is exactly the update scaled by c (see the module docstring). The
-  gradient is the diagnostic one (un-augmented images, the round's fixed dropout mask),
-  not that of the augmented training batch. With decoupled weight decay F keeps the
+  gradient is the diagnostic one (the round's augmentation choice and fixed dropout
+  mask); with augmentation the whole training set is `restore.training_set`'s fixed
+  augmented copies, the same at x and at every x + c u_B. With decoupled weight decay F keeps the
   same definition, though the optimizer then follows f and the decay separately.
 
   Raises ConfigError for no states, no scales, num_minibatches < 1, seed < 0, or a task whose

@@ -6,7 +6,7 @@ import os
 
 import ml_collections
 
-from invmeasure.data import sources, text_sources
+from invmeasure.data import augment as augment_lib, sources, text_sources
 from invmeasure.models import registry
 from invmeasure.training import optim
 from invmeasure.training.errors import ConfigError
@@ -70,6 +70,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   if config.schedule.name not in optim.SCHEDULES:
     raise ConfigError(f"config.schedule.name={config.schedule.name!r} is unknown; "
                       f"choose one of {', '.join(optim.SCHEDULES)}")
+  _check_augmentation(config, text)
   _positive(config.optimizer.learning_rate, "optimizer.learning_rate")
   _positive(config.batch_size, "batch_size", int)
   if config.batch_size % device_count:
@@ -108,3 +109,25 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
       if diag.batch_size % device_count:
         raise ConfigError(f"config.diagnostics.batch_size={diag.batch_size} does not split "
                           f"over {device_count} devices; use a multiple of {device_count}")
+
+
+def _check_augmentation(config: ml_collections.ConfigDict, text: bool) -> None:
+  augment = config.diagnostics.get("augment", "train")
+  if augment not in ("train", "none"):
+    raise ConfigError(f"config.diagnostics.augment={augment!r} is unknown; choose 'train' "
+                      "(minibatches augmented as training batches) or 'none'")
+  if text:
+    if augment != "none":
+      raise ConfigError(f"config.diagnostics.augment={augment!r} does not apply to a language "
+                        "model (its rounds run dropout off and an empty memory); set 'none'")
+    return
+  name = config.get("augmentation", "none")
+  if name not in augment_lib.AUGMENTATIONS:
+    raise ConfigError(f"config.augmentation={name!r} is unknown; choose one of "
+                      f"{', '.join(augment_lib.AUGMENTATIONS)}")
+  shift = config.get("augmentation_shift", 1)
+  if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
+    raise ConfigError(f"config.augmentation_shift={shift!r} must be an integer >= 0 (pixels)")
+  noise = config.get("augmentation_noise_std", 0.0)
+  if not isinstance(noise, (int, float)) or isinstance(noise, bool) or noise < 0:
+    raise ConfigError(f"config.augmentation_noise_std={noise!r} must be a number >= 0")

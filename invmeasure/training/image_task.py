@@ -22,13 +22,20 @@ from invmeasure.training.errors import ConfigError
 from invmeasure.training.state import RunState
 
 
+# Marks the host seeds of diagnostic minibatches apart from those of training batches.
+_DIAGNOSTIC_STREAM = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageTask:
   """A classifier trained on labelled images (see `tasks.Task` for the interface)."""
   model: nn.Module
   optimization: step_lib.Optimization
   dataset: str                 # selects the normalisation statistics
-  augmentation: str            # 'none' or 'crop_flip' (training batches only)
+  augmentation: str            # one of augment.AUGMENTATIONS
+  augmentation_shift: int      # 'shift_noise': largest shift in pixels, each way
+  augmentation_noise_std: float  # 'shift_noise': Gaussian pixel noise, in normalised units
+  diagnostic_augment: bool     # diagnostic minibatches augmented as training batches are
   weight_decay: float          # lambda of F = f + lambda/2 ||x||^2
   seed: int
   batch_size: int              # global training batch
@@ -58,15 +65,25 @@ class ImageTask:
                         f"training examples of {config.dataset}")
     return cls(model=model, optimization=step_lib.make_optimization(config, steps_per_epoch),
                dataset=config.dataset, augmentation=config.get("augmentation", "none"),
+               augmentation_shift=int(config.get("augmentation_shift", 1)),
+               augmentation_noise_std=float(config.get("augmentation_noise_std", 0.0)),
+               diagnostic_augment=config.diagnostics.get("augment", "train") == "train",
                weight_decay=float(config.optimizer.get("weight_decay", 0.0)),
                seed=int(config.seed), batch_size=int(config.batch_size),
                image_shape=sources.IMAGE_SHAPES[config.dataset], source=source,
                num_examples=num_examples)
 
   def preprocess(self, images: jax.Array, key: jax.Array | None) -> jax.Array:
-    if key is not None and self.augmentation == "crop_flip":
-      images = augment.random_crop_flip(key, images, padding=4)
-    return augment.normalize(self.dataset, images)
+    """uint8 images -> normalised floats, augmented as training batches are if `key`."""
+    if key is None or self.augmentation == "none":
+      return augment.normalize(self.dataset, images)
+    if self.augmentation == "crop_flip":
+      return augment.normalize(self.dataset, augment.random_crop_flip(key, images, padding=4))
+    shift_key, noise_key = jax.random.split(key)  # 'shift_noise'
+    images = augment.normalize(
+        self.dataset, augment.random_shift(shift_key, images, self.augmentation_shift))
+    return images + self.augmentation_noise_std * jax.random.normal(noise_key, images.shape,
+                                                                     images.dtype)
 
   def batch_loss(self, params, model_state, images, labels, dropout_key):
     """Mean loss in training mode and the updated model state (BatchNorm statistics)."""
@@ -95,13 +112,22 @@ class ImageTask:
     return new_state, {"loss": loss}
 
   def diagnostic_loss(self, state: RunState, minibatch: dict):
-    """The round's loss and its batch: un-augmented training images, the training-mode
-    function (BatchNorm on each minibatch's own statistics, running averages untouched,
-    one fixed dropout mask per step), i.e. the function whose gradient SGD follows."""
+    """The round's loss and its batch: the training-mode function (BatchNorm on each
+    minibatch's own statistics, running averages untouched, one fixed dropout mask per
+    step) on training images augmented as training batches are, each example with a key
+    of its own from (seed, step, its place in the round) (`diagnostics.augment='train'`),
+    or un-augmented ('none'). Averaged over the round, this estimates the objective SGD
+    follows: the expectation over the data and the augmentation."""
     key = step_lib.step_key(self.seed + 1, state.step)
     loss_fn = losses.linen_loss_fn(self.model, state.model_state, train=True, dropout_key=key)
-    return loss_fn, {"image": self.preprocess(minibatch["image"], None),
-                     "label": minibatch["label"]}
+    images = minibatch["image"]
+    if "augment_index" in minibatch:
+      base = step_lib.step_key(self.seed + 2, state.step)
+      keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(minibatch["augment_index"])
+      images = augment.per_example(lambda k, x: self.preprocess(x, k), keys, images)
+    else:
+      images = self.preprocess(images, None)
+    return loss_fn, {"image": images, "label": minibatch["label"]}
 
   def diagnostic_fns(self) -> step_lib.DiagnosticFns:
     return step_lib.make_diagnostic_fns(self.diagnostic_loss, self.optimization.tx,
@@ -120,11 +146,31 @@ class ImageTask:
 
   def diagnostic_batches(self, step: int, num_minibatches: int,
                          batch_size: int) -> list[dict[str, np.ndarray]]:
+    """The round's K minibatches; augmented ones carry `augment_index` (each example's
+    place in the round, which keys its on-device augmentation) and get the host's
+    augmentation (ImageNet's crops) from a seed of (seed, step, k)."""
     indices = batching.diagnostic_indices(self.seed, step, num_minibatches, batch_size,
                                           self.num_examples)
-    return [self._read(row) for row in indices]
+    if not self.diagnostic_augment:
+      return [self._read(row) for row in indices]
+    minibatches = []
+    for k, row in enumerate(indices):
+      minibatch = self._read(row, (self.seed, step, _DIAGNOSTIC_STREAM, k))
+      if self.augments_diagnostics:
+        places = k * batch_size + np.arange(batch_size, dtype=np.int32)
+        minibatch["augment_index"] = batching.process_slice(places, jax.process_index(),
+                                                            jax.process_count())
+      minibatches.append(minibatch)
+    return minibatches
+
+  @property
+  def augments_diagnostics(self) -> bool:
+    """Whether diagnostic minibatches carry `augment_index` (augmented on the device)."""
+    return self.diagnostic_augment and self.augmentation != "none"
 
   def abstract_batch(self, batch_size: int, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
-    del train  # training and diagnostic minibatches hold the same fields
-    return {"image": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.uint8),
-            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    batch = {"image": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.uint8),
+             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    if not train and self.augments_diagnostics:
+      batch["augment_index"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    return batch

@@ -1,0 +1,55 @@
+r"""Whether runs sit in the paper's Figure 1 regime: a table with a column per seed.
+
+    python -m experiments.run --config=configs/quickstart.py --workdir=runs/qs --seeds=0,1,2
+    python -m experiments.regime --workdir=runs/qs --out=docs/regime.md
+
+--workdir is a run directory, or one holding `seed_<s>` run directories (what `--seeds`
+writes); repeat it to compare runs. The properties and their fixed thresholds are in
+invmeasure/analysis/regime.py. Exits with status 1 when a property fails on some run.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from invmeasure.analysis import regime, runs
+from invmeasure.training.errors import ConfigError
+
+_WORKDIR = flags.DEFINE_multi_string(
+    'workdir', None, 'A run directory, or one holding seed_<s> run directories.')
+_OUT = flags.DEFINE_string('out', None, 'Also write the table (markdown) to this file.')
+flags.mark_flag_as_required('workdir')
+
+
+def _run_dirs(workdir: str) -> list[str]:
+  seeds = sorted((d for d in os.listdir(workdir) if d.startswith('seed_')),
+                 key=lambda d: int(d[len('seed_'):]) if d[len('seed_'):].isdigit() else -1)
+  return [os.path.join(workdir, d) for d in seeds] or [workdir]
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    for workdir in _WORKDIR.value:
+      if not os.path.isdir(workdir):
+        raise ConfigError(f'--workdir={workdir} does not exist; run experiments.run first')
+    loaded = [runs.load_run(d) for w in _WORKDIR.value for d in _run_dirs(w)]
+  except ConfigError as error:
+    sys.exit(f'error: {error}')
+  names = [os.path.relpath(run.workdir) for run in loaded]
+  numbers = [regime.regime_numbers(run.rows, run.config, regime.steps_per_epoch(run.rows))
+             for run in loaded]
+  text = regime.table(names, numbers)
+  print(text)
+  if _OUT.value:
+    with open(_OUT.value, 'w', encoding='utf-8') as f:
+      f.write(text + '\n')
+  if not all(all(regime.decide(n).values()) for n in numbers):
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,51 @@
+"""One config run over several seeds: the replicates that tell signal from noise.
+
+`python -m experiments.run --config=... --workdir=DIR --seeds=0,1,2` trains the config
+once per seed into DIR/seed_0, DIR/seed_1, DIR/seed_2 (each resumable like any run) and
+draws the seeds' mean with a min-to-max band into DIR/figures.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import ml_collections
+
+from invmeasure.analysis import figures
+from invmeasure.training import config_checks, loop
+from invmeasure.training.errors import ConfigError
+
+
+def parse_seeds(values: Sequence[str]) -> list[int]:
+  """`--seeds` as distinct integers, or a one-line ConfigError."""
+  try:
+    seeds = [int(v) for v in values]
+  except ValueError:
+    raise ConfigError(f"--seeds={','.join(values)} must be comma-separated integers, "
+                      "e.g. --seeds=0,1,2") from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ConfigError(f"--seeds={','.join(values)} must name at least one seed, each once")
+  return seeds
+
+
+def seed_workdir(workdir: str, seed: int) -> str:
+  return os.path.join(workdir, f"seed_{seed}")
+
+
+def train_seeds(config: ml_collections.ConfigDict, workdir: str,
+                seeds: Sequence[int]) -> list[dict]:
+  """Trains `config` once per seed (finished seeds are not rerun; a killed one resumes);
+  returns each run's last row."""
+  config_checks.check_workdir(workdir)
+  config_checks.check_config(config, jax.device_count())
+  last_rows = []
+  for seed in seeds:
+    replicate = config.copy_and_resolve_references()
+    replicate.seed = seed
+    last_rows.append(loop.train_and_evaluate(replicate, seed_workdir(workdir, seed)))
+  if jax.process_index() == 0:
+    figures.write_figures([seed_workdir(workdir, s) for s in seeds],
+                          os.path.join(workdir, "figures"))
+  return last_rows
