@@ -1,7 +1,9 @@
 """What measuring costs a run: whole quickstart runs with and without diagnostic rounds,
 and the cost per step of each quantity when tracked at every step.
 
-Part 1, whole runs: `loop.train_and_evaluate` on configs/quickstart.py with its own
+Part 1, whole runs: `loop.train_and_evaluate` on configs/digits_interpolation.py (the
+quickstart's network, without the quickstart's augmentation, as measured before the
+quickstart became the augmented twin; `quickstart` below names it) with its own
 cadence (a round every epoch of 46 steps: K = 16 minibatches, 5 power iterations and
 the row's summary), without rounds (`diagnostics.every_steps=0`), and with the round one
 minibatch and one iteration per call (the driver before chunking). (a) Complete runs as
@@ -44,7 +46,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402  (after the path set-up for file runs)
-import configs.quickstart as quickstart  # noqa: E402
+import configs.digits_interpolation as quickstart  # noqa: E402
 from invmeasure import diagnostics as dg  # noqa: E402
 from invmeasure.analysis import figures  # noqa: E402
 from invmeasure.training import loop, metric_writer, step as step_lib  # noqa: E402

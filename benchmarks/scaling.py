@@ -2,7 +2,7 @@
 
 Each device count runs in a fresh interpreter with
 `XLA_FLAGS=--xla_force_host_platform_device_count=N` (XLA reads it at start-up). Each
-child builds the quickstart run's plan over N devices (batch split over the 'data'
+child builds the quickstart network's run plan (configs/digits_interpolation.py) over N devices (batch split over the 'data'
 axis, state replicated), trains a few steps from the same seed, runs one diagnostic
 round, and times the step and the round. All N simulated devices share this machine's
 cores, so the times measure what partitioning costs (per-device work in smaller pieces,
@@ -34,7 +34,7 @@ def child(arg: str, train_steps: int, repeats: int, steps_per_call: int) -> dict
   sys.path.insert(0, ROOT)
   import jax
   import numpy as np
-  import configs.quickstart as quickstart
+  import configs.digits_interpolation as quickstart
   from benchmarks import common
   from invmeasure.training import loop
 

@@ -6,7 +6,7 @@ backward, SGD with momentum 0.9 and weight decay 5e-4 added to the gradient) aga
 the paper's code path: the same network in PyTorch eager with `torch.optim.SGD` on the
 same batch, weights copied from Flax (the losses are checked to agree). Both run in
 this process on the same CPU threads, interleaved. Models:
-- quickstart: configs/quickstart.py (small_cnn widths (32, 64) on 8x8 digits, batch 32);
+- quickstart: configs/quickstart.py without its augmentation (small_cnn widths (32, 64) on 8x8 digits, batch 32);
 - resnet18: configs/cifar10_resnet18.py (CIFAR ResNet-18) at a small batch, without
   augmentation in either framework (the JAX step with its on-device crop and flip is a
   row of its own).
@@ -60,13 +60,14 @@ def cases(quick: bool, batch: int | None) -> dict[str, Case]:
   if quick:
     return {
         "quickstart": Case("quickstart", "quickstart", "", {"model.widths": (4, 8),
-                                                            "batch_size": 8}, 2, 1),
+                                                            "batch_size": 8,
+                                                            "augmentation": "none"}, 2, 1),
         "resnet18": Case("resnet18", "cifar10_resnet18", "",
                          {"model.width": 4, "batch_size": batch or 2,
                           "augmentation": "none"}, 1, 1),
     }
   return {
-      "quickstart": Case("quickstart", "quickstart", "", {}, 50, 15),
+      "quickstart": Case("quickstart", "quickstart", "", {"augmentation": "none"}, 50, 15),
       "resnet18": Case("resnet18", "cifar10_resnet18", "",
                        {"batch_size": batch or 16, "augmentation": "none"}, 2, 7),
   }

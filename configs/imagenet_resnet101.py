@@ -3,9 +3,10 @@
 Figure 1: SGD with momentum 0.9, batch 256, learning rate 0.1 divided by 10 every 30
 epochs, 90 epochs, weight decay 1e-4 added to the gradient (the paper's PyTorch code),
 random-resized crops and flips. Diagnostics as the original code: the gradient noise over
-600 minibatches of 256 images (un-augmented center crops; the original's 250 does not
-split over 8 devices), 5 power iterations, once per
-epoch here (configurable).
+600 minibatches of 256 images (the original's 250 does not split over 8 devices), each
+augmented as training images are, with fresh random-resized crops and flips, so that the
+rounds measure the objective SGD follows (`diagnostics.augment='train'`; 'none' gives
+center crops), 5 power iterations, once per epoch here (configurable).
 Figure 2: a constant learning rate for all 90 epochs (the paper's values were lost from
 its text; `FIGURE2_LEARNING_RATES` holds ours), and the second of them continued to 300
 epochs. Needs ImageNet prepared once (manual download): `tfds build imagenet2012

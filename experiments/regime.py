@@ -36,10 +36,13 @@ def main(argv: list[str]) -> None:
     for workdir in _WORKDIR.value:
       if not os.path.isdir(workdir):
         raise ConfigError(f'--workdir={workdir} does not exist; run experiments.run first')
-    loaded = [runs.load_run(d) for w in _WORKDIR.value for d in _run_dirs(w)]
+    dirs = [(w, d) for w in _WORKDIR.value for d in _run_dirs(w)]
+    loaded = [runs.load_run(d) for _, d in dirs]
   except ConfigError as error:
     sys.exit(f'error: {error}')
-  names = [os.path.relpath(run.workdir) for run in loaded]
+  # Columns named by the given directory and, for seeds, the seed's below it.
+  base = lambda path: os.path.basename(os.path.normpath(path))  # noqa: E731
+  names = [base(w) if d == w else f'{base(w)}/{base(d)}' for w, d in dirs]
   numbers = [regime.regime_numbers(run.rows, run.config, regime.steps_per_epoch(run.rows))
              for run in loaded]
   text = regime.table(names, numbers)

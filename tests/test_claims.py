@@ -95,6 +95,28 @@ def test_every_rule_has_a_held_and_a_not_held_case():
     assert {H, N} <= verdicts, rule
 
 
+@pytest.mark.parametrize("verdicts,expected", [
+    ((H, H, H), H), ((H, H, I), H), ((H, I, I), I), ((H, H, N), I),
+    ((N, N, I), N), ((N, N, H), I), ((I, I, I), I), ((H,), H), ((N,), N),
+])
+def test_seed_verdicts_combine_as_the_text_states(verdicts, expected):
+  assert rules.combine(list(verdicts)) == expected
+
+
+def test_combined_claim_keeps_each_seeds_numbers_and_averages_them():
+  numbers = [dict(early=1.0, early_stderr=0.1, late=2.0, late_stderr=0.1),
+             dict(early=1.0, early_stderr=0.1, late=1.9, late_stderr=0.1),
+             dict(early=1.0, early_stderr=0.5, late=1.1, late_stderr=0.5)]
+  per_seed = [report.make_claim("k", "s", "e", "grows", n) for n in numbers]
+  combined = report.combine((0, 1, 2), per_seed)
+  assert combined.seed_verdicts == (H, H, I) and combined.verdict == H
+  assert combined.numbers["late"] == pytest.approx(5.0 / 3)
+  assert combined.per_seed == tuple(c.numbers for c in per_seed)
+  with pytest.raises(ValueError, match="one claim measured per seed"):
+    report.combine((0, 1), [per_seed[0], report.make_claim("other", "s", "e", "grows",
+                                                           numbers[0])])
+
+
 EXPECTED_CLAIMS = {
     "fig1_loss_stable_gradient_not_vanishing", "fig2_smaller_lr_larger_grad_norm",
     "fig2_smaller_lr_larger_noise_norm", "fig2_smaller_lr_larger_sharpness", "fig2_noise_grows",
@@ -116,11 +138,20 @@ def test_quick_report_end_to_end_every_verdict_follows_from_its_numbers(tmp_path
   assert {c.key for c in claims} == EXPECTED_CLAIMS
   markdown = open(os.path.join(workdir, "claims.md"), encoding="utf-8").read()
   for claim in claims:
-    assert claim.verdict == rules.decide(claim.rule, claim.numbers), claim.key
+    if claim.key == "fig4_synthetic_regimes":  # deterministic: one run, no seeds
+      assert not claim.seeds
+      assert claim.verdict == rules.decide(claim.rule, claim.numbers)
+    else:
+      assert claim.seeds == (0, 1), claim.key
+      assert claim.seed_verdicts == tuple(rules.decide(claim.rule, n) for n in claim.per_seed)
+      assert claim.verdict == rules.combine(list(claim.seed_verdicts)), claim.key
     assert claim.statement in markdown and rules.RULES[claim.rule].text in markdown
     section = markdown[markdown.index(claim.statement + "\n"):]
     for name, value in claim.numbers.items():
-      assert f"| `{name}` | {report._format(value)} |" in section, (claim.key, name)
+      row = f"| `{name}` | {report._format(value)} |"
+      if claim.seeds:
+        row += " " + " | ".join(report._format(n[name]) for n in claim.per_seed) + " |"
+      assert row in section, (claim.key, name)
     for figure in claim.figures:
       assert os.path.getsize(os.path.join(workdir, figure)) > 0, figure
   assert "quick" in markdown

@@ -224,3 +224,45 @@ def test_plot_entry_point(two_runs, tmp_path):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and missing in lines[0], result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def _seed_runs(tmp_path: pathlib.Path, seeds=(0, 1, 2), lr=0.1) -> list[str]:
+  """Replicates of one config (`seed_<s>` directories, as --seeds writes them)."""
+  out = []
+  for seed in seeds:
+    config = {**_config(lr), "seed": seed}
+    rows = _rows(lr + 0.001 * seed)  # other noise per seed
+    out.append(_write_run(tmp_path / f"lr{lr}" / f"seed_{seed}", config, rows))
+  return out
+
+
+def test_seed_groups_gather_replicates_and_name_them(tmp_path):
+  replicates = [runs.load_run(w) for w in _seed_runs(tmp_path)]
+  other = runs.load_run(_write_run(tmp_path / "other", _config(0.05), _rows(0.05)))
+  groups = runs.seed_groups([replicates[0], other, replicates[1], replicates[2]])
+  assert [[r.workdir for r in g] for g in groups] == [
+      [r.workdir for r in replicates], [other.workdir]]
+  assert replicates[1].name == "lr0.1"  # a seed directory is named by the one above
+  labels = runs.group_labels(groups)
+  assert labels == ["optimizer.learning_rate=0.1: mean of 3 seeds (0, 1, 2), band: min "
+                    "to max", "optimizer.learning_rate=0.05"]
+  assert runs.group_labels([replicates]) == ["mean of 3 seeds (0, 1, 2), band: min to max"]
+
+
+def test_a_group_of_seeds_is_drawn_as_its_mean_with_a_min_to_max_band(tmp_path):
+  from matplotlib.collections import PolyCollection
+  from matplotlib.figure import Figure
+  replicates = [runs.load_run(w) for w in _seed_runs(tmp_path)]
+  panel = figures.DYNAMICS_PANELS[2]  # gradient noise: one curve
+  ax = Figure().subplots()
+  assert figures._draw_panel(ax, panel, [replicates], ["C0"], [[]])
+  (line,) = ax.get_lines()
+  stacked = np.stack([runs.series(r, "noise_norm")[1] for r in replicates])
+  np.testing.assert_allclose(line.get_ydata(), stacked.mean(0))
+  (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+  vertices = band.get_paths()[0].vertices
+  assert np.isclose(vertices[:, 1].max(), stacked.max()) and np.isclose(
+      vertices[:, 1].min(), stacked.min())
+  paths = figures.write_figures(_seed_runs(tmp_path / "again"), str(tmp_path / "out"))
+  for path in paths:
+    _assert_png(path)
