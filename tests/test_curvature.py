@@ -47,11 +47,16 @@ def test_directional_sharpness_is_rayleigh_quotient(draw, seed):
 @pytest.mark.parametrize("draw", DRAWS)
 def test_sharpness_matches_eigh(draw, seed):
   with jax.enable_x64():
-    loss_fn, params, batch = ref.mlp_problem(seed)
-    eigvals, eigvecs = np.linalg.eigh(ref.dense_hessian(loss_fn, params, batch))
-    order = np.argsort(-np.abs(eigvals))
-    top, second = eigvals[order[0]], eigvals[order[1]]
-    assert abs(second) < 0.95 * abs(top), "test needs an eigengap"
+    # Power iteration's accuracy needs a gap between the top two magnitudes: draw fresh
+    # problems until one has it (about one draw in ten lacks it).
+    for attempt in range(20):
+      loss_fn, params, batch = ref.mlp_problem(seed + 1000 * attempt)
+      eigvals, eigvecs = np.linalg.eigh(ref.dense_hessian(loss_fn, params, batch))
+      order = np.argsort(-np.abs(eigvals))
+      top, second = eigvals[order[0]], eigvals[order[1]]
+      if abs(second) < 0.95 * abs(top):
+        break
+    assert abs(second) < 0.95 * abs(top), "no problem with an eigengap in 20 draws"
     result = jax.jit(dg.sharpness, static_argnums=0,
                      static_argnames=("num_iters", "tol", "unroll"))(
         loss_fn, params, batch, key=jax.random.key(seed), num_iters=2000, tol=1e-13,

@@ -11,7 +11,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from configs import quickstart
+from configs import digits_interpolation  # un-augmented: a finite training set
 from invmeasure.analysis import study_figures
 from invmeasure.data import batching, sources
 from invmeasure.studies import estimators, restore, step_size
@@ -21,9 +21,10 @@ from invmeasure.training.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  """A 12-step quickstart:tiny run (checkpoints every 4 steps), trained in-process."""
+  """A 12-step run of the quickstart's tiny network on un-augmented digits (checkpoints
+  every 4 steps), trained in-process."""
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
-  config = quickstart.get_config("tiny")
+  config = digits_interpolation.get_config("tiny")
   loop.train_and_evaluate(config, workdir)
   return workdir
 
@@ -207,7 +208,7 @@ def test_bias_correction_removes_the_jensen_bias(study):
 
 def test_sharpness_matches_dense_hessian_on_a_tiny_model(seed):
   # A 350-parameter CNN on 100 of the digits, so that the dense Hessian is cheap.
-  config = quickstart.get_config("tiny")
+  config = digits_interpolation.get_config("tiny")
   config.model.widths = (2,)
   plan = loop.make_plan(config)
   subset = sources.ArraySource(plan.task.source[np.arange(100)])
@@ -236,7 +237,7 @@ def test_sharpness_matches_dense_hessian_on_a_tiny_model(seed):
 def test_pool_references_when_the_loss_is_not_a_mean_over_examples(seed):
   # BatchNorm on batch statistics: a minibatch's gradient is not the mean of its
   # examples' gradients, so the references come from a pool of whole minibatches.
-  config = quickstart.get_config("tiny")
+  config = digits_interpolation.get_config("tiny")
   config.model.batchnorm = True
   plan = loop.make_plan(config)
   state = restore.on_one_device(loop.init_state_fn(plan)(jax.random.key(seed, impl="rbg")))
