@@ -220,7 +220,7 @@ def tracked_step(task, quantity: str) -> Callable:
       grad_fn = jax.value_and_grad(task.batch_loss, has_aux=True)
       (loss, model_state), grads = grad_fn(state.params, state.model_state, images,
                                            batch["label"], key)
-    new_state = step_lib.apply_gradients(tx, state, loss, grads, model_state=model_state)
+    new_state, _ = step_lib.apply_gradients(tx, state, loss, grads, model_state=model_state)
     if quantity != "nothing (bare step)":
       values["loss"] = loss
     if quantity == "loss + gradient norm":

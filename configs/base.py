@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # from (seed, step)), so the round measures the objective SGD follows, the expectation
   # over data and augmentation; 'none': un-augmented images, another function.
   config.diagnostics.augment = "train"
+  # Measured inside the train step at every step, averaged over each training row
+  # (`step_<name>`): comma-separated grad_norm, update_norm, update_sharpness; '' none.
+  config.diagnostics.per_step = ""
   config.diagnostics.batch_size = 0  # examples per diagnostic minibatch (0: batch_size)
   config.diagnostics.num_minibatches = 16  # K training-size minibatches per round
   config.diagnostics.sharpness_iters = 5  # power iterations (the paper: 5 to 10)

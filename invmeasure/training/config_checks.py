@@ -8,7 +8,7 @@ import ml_collections
 
 from invmeasure.data import augment as augment_lib, sources, text_sources
 from invmeasure.models import registry
-from invmeasure.training import optim
+from invmeasure.training import optim, step as step_lib
 from invmeasure.training.errors import ConfigError
 
 
@@ -95,6 +95,10 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   if config.get("train_examples", 0):
     _positive(config.train_examples, "train_examples", int)
   diag = config.diagnostics
+  unknown = [n for n in step_lib.per_step_names(config) if n not in step_lib.PER_STEP]
+  if unknown:
+    raise ConfigError(f"config.diagnostics.per_step names {unknown[0]!r}, which is unknown; "
+                      f"choose among {', '.join(step_lib.PER_STEP)} (comma-separated)")
   if diag.get("num_projections", 0):
     _positive(diag.num_projections, "diagnostics.num_projections", int)
     _positive(diag.get("projection_every_steps"), "diagnostics.projection_every_steps", int)

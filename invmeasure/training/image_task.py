@@ -36,6 +36,7 @@ class ImageTask:
   augmentation_shift: int      # 'shift_noise': largest shift in pixels, each way
   augmentation_noise_std: float  # 'shift_noise': Gaussian pixel noise, in normalised units
   diagnostic_augment: bool     # diagnostic minibatches augmented as training batches are
+  per_step: tuple[str, ...]    # quantities the train step measures (step.PER_STEP)
   weight_decay: float          # lambda of F = f + lambda/2 ||x||^2
   seed: int
   batch_size: int              # global training batch
@@ -68,6 +69,7 @@ class ImageTask:
                augmentation_shift=int(config.get("augmentation_shift", 1)),
                augmentation_noise_std=float(config.get("augmentation_noise_std", 0.0)),
                diagnostic_augment=config.diagnostics.get("augment", "train") == "train",
+               per_step=step_lib.per_step_names(config),
                weight_decay=float(config.optimizer.get("weight_decay", 0.0)),
                seed=int(config.seed), batch_size=int(config.batch_size),
                image_shape=sources.IMAGE_SHAPES[config.dataset], source=source,
@@ -99,7 +101,7 @@ class ImageTask:
   def init_run_state(self, key: jax.Array) -> RunState:
     example = self.preprocess(jnp.zeros((1, *self.image_shape), jnp.uint8), None)
     return state_lib.init_run_state(lambda k: self.model.init(k, example, train=False),
-                                    self.optimization.tx, key)
+                                    self.optimization.tx, key, per_step=self.per_step)
 
   def train_step(self, state: RunState, batch: dict) -> tuple[RunState, dict]:
     augment_key, dropout_key = jax.random.split(step_lib.step_key(self.seed, state.step))
@@ -107,9 +109,11 @@ class ImageTask:
     grad_fn = jax.value_and_grad(self.batch_loss, has_aux=True)
     (loss, model_state), grads = grad_fn(state.params, state.model_state, images,
                                          batch["label"], dropout_key)
-    new_state = step_lib.apply_gradients(self.optimization.tx, state, loss, grads,
-                                         model_state=model_state)
-    return new_state, {"loss": loss}
+    step_loss = lambda p: self.batch_loss(p, state.model_state, images, batch["label"],  # noqa: E731
+                                          dropout_key)[0]
+    return step_lib.apply_gradients(self.optimization.tx, state, loss, grads,
+                                    per_step=self.per_step, step_loss=step_loss,
+                                    model_state=model_state)
 
   def diagnostic_loss(self, state: RunState, minibatch: dict):
     """The round's loss and its batch: the training-mode function (BatchNorm on each

@@ -57,6 +57,7 @@ class LanguageModelTask:
   stream: lm.TokenStream | None  # None: sizes only (a dry run reads no data)
   weight_decay: float          # lambda of F = f + lambda/2 ||x||^2
   seed: int
+  per_step: tuple[str, ...] = ()  # quantities the train step measures (step.PER_STEP)
   # The prefetch thread and the diagnostic round share the stream and its chunk cache.
   _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False,
                                             compare=False)
@@ -85,7 +86,7 @@ class LanguageModelTask:
                optimization=step_lib.make_optimization(config, segments.num_steps),
                segments=segments, stream=stream,
                weight_decay=float(config.optimizer.get("weight_decay", 0.0)),
-               seed=int(config.seed))
+               seed=int(config.seed), per_step=step_lib.per_step_names(config))
 
   def loss(self, params, batch: dict, memory: Memory | None,
            dropout_key: jax.Array | None = None) -> tuple[jax.Array, Memory]:
@@ -100,7 +101,8 @@ class LanguageModelTask:
   def init_run_state(self, key: jax.Array) -> RunState:
     return state_lib.init_run_state(lambda k: init_variables(self.model, k),
                                     self.optimization.tx, key,
-                                    task_state=self.model.init_mems(self.segments.batch_size))
+                                    task_state=self.model.init_mems(self.segments.batch_size),
+                                    per_step=self.per_step)
 
   def train_step(self, state: RunState, batch: dict) -> tuple[RunState, dict]:
     memory = carried_memory(state.task_state, batch["memory_length"])
@@ -108,9 +110,10 @@ class LanguageModelTask:
     grad_fn = jax.value_and_grad(lambda p: self.loss(p, batch, memory, dropout_key),
                                  has_aux=True)
     (loss, new_memory), grads = grad_fn(state.params)
-    new_state = step_lib.apply_gradients(self.optimization.tx, state, loss, grads,
-                                         task_state=new_memory)
-    return new_state, {"loss": loss}
+    step_loss = lambda p: self.loss(p, batch, memory, dropout_key)[0]  # noqa: E731
+    return step_lib.apply_gradients(self.optimization.tx, state, loss, grads,
+                                    per_step=self.per_step, step_loss=step_loss,
+                                    task_state=new_memory)
 
   def diagnostic_loss(self, state: RunState, minibatch: dict):
     """The round's loss: random segments, empty memory, dropout off (module docstring)."""

@@ -323,6 +323,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if done % config.log_every_steps == 0 or done == num_steps:
         sums = _host(state.sums)
         row["train_loss"] = float(sums["log_loss"] / sums["log_count"])
+        # Per-step quantities (config.diagnostics.per_step), averaged over the interval.
+        row.update({k[len("log_"):]: float(v / sums["log_count"]) for k, v in sums.items()
+                    if k.startswith("log_step_")})
         state = reset_sums(state, "log")
       if done % steps_per_epoch == 0:
         sums = _host(state.sums)
@@ -368,9 +371,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _reset_sums(state: RunState, which: str) -> RunState:
-  sums = dict(state.sums)
-  sums[f"{which}_loss"] = jnp.zeros_like(sums[f"{which}_loss"])
-  sums[f"{which}_count"] = jnp.zeros_like(sums[f"{which}_count"])
+  """Zeroes the sums of one interval ('log' or 'epoch'): every `<which>_...` entry."""
+  sums = {k: jnp.zeros_like(v) if k.startswith(f"{which}_") else v
+          for k, v in state.sums.items()}
   return state._replace(sums=sums)
 
 

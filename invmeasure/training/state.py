@@ -26,23 +26,29 @@ class RunState(NamedTuple):
   task_state: Any = ()
 
 
-def zero_sums() -> dict:
+def zero_sums(per_step: tuple[str, ...] = ()) -> dict:
+  """Loss sums since the last training row and in this epoch, the last update's norm,
+  and a sum since the last row for each per-step quantity (`log_step_<name>`)."""
   zero = jnp.zeros((), jnp.float32)
-  return {"log_loss": zero, "log_count": zero, "epoch_loss": zero, "epoch_count": zero,
+  sums = {"log_loss": zero, "log_count": zero, "epoch_loss": zero, "epoch_count": zero,
           "update_norm": zero}
+  sums.update({f"log_step_{name}": zero for name in per_step})
+  return sums
 
 
 def init_run_state(init_variables: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                   key: jax.Array, task_state: Any = ()) -> RunState:
+                   key: jax.Array, task_state: Any = (), per_step: tuple[str, ...] = ()
+                   ) -> RunState:
   """The state at step 0: `init_variables(key)` gives the model's variables ('params' and
-  any other collections); the first sharpness vector is Gaussian."""
+  any other collections); the first sharpness vector is Gaussian; the sums hold one for
+  each per-step quantity."""
   init_key, vector_key = jax.random.split(key)
   variables = dict(init_variables(init_key))
   params = variables.pop("params")
   vector = dg.tree_random_like(vector_key, params)
   return RunState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                   opt_state=tx.init(params), init_params=params, sharpness_vector=vector,
-                  sums=zero_sums(), task_state=task_state)
+                  sums=zero_sums(per_step), task_state=task_state)
 
 
 def state_shardings(state: RunState, mesh: Mesh) -> RunState:

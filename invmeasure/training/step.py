@@ -52,19 +52,54 @@ def step_key(seed: int, step: jax.Array) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), step)
 
 
+# Quantities the train step can measure at every step (`config.diagnostics.per_step`).
+PER_STEP = ("grad_norm", "update_norm", "update_sharpness")
+
+
+def per_step_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The names in `config.diagnostics.per_step` (comma-separated; '' for none)."""
+  value = config.diagnostics.get("per_step", "") or ""
+  return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def step_diagnostics(names: tuple[str, ...], grads, updates, params,
+                     step_loss: Callable | None) -> dict[str, jax.Array]:
+  """The per-step quantities `names` of one step, keyed `step_<name>`: the minibatch
+  gradient's norm, the update's norm, and the curvature u^T H u / ||u||^2 of the step's
+  own minibatch loss `step_loss(params)` along the update u (forward over forward, no
+  backward pass)."""
+  out = {}
+  if "grad_norm" in names:
+    out["step_grad_norm"] = dg.tree_norm(grads)
+  if "update_norm" in names:
+    out["step_update_norm"] = dg.tree_norm(updates)
+  if "update_sharpness" in names:
+    out["step_update_sharpness"] = dg.directional_sharpness(lambda p, _: step_loss(p),
+                                                            params, None, updates)
+  return out
+
+
 def apply_gradients(tx: optax.GradientTransformation, state: RunState, loss: jax.Array,
-                    grads, **changes) -> RunState:
+                    grads, *, per_step: tuple[str, ...] = (), step_loss: Callable | None = None,
+                    **changes) -> tuple[RunState, dict]:
   """The state after one optimizer step on `grads`, with `loss` added to the sums and
-  the other fields in `changes` (e.g. a new model state) replaced."""
+  the other fields in `changes` (e.g. a new model state) replaced, and the step's metrics:
+  `loss` and the `per_step` quantities (`step_diagnostics`; `step_loss` is the step's
+  minibatch loss as a function of the weights), whose sums feed the training rows."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, **step_diagnostics(per_step, grads, updates, state.params,
+                                              step_loss)}
   sums = dict(state.sums)
   for name in ("log", "epoch"):
     sums[f"{name}_loss"] = sums[f"{name}_loss"] + loss
     sums[f"{name}_count"] = sums[f"{name}_count"] + 1
+  for name in per_step:
+    sums[f"log_step_{name}"] = sums[f"log_step_{name}"] + metrics[f"step_{name}"]
   sums["update_norm"] = dg.tree_norm(updates)
-  return state._replace(step=state.step + 1, params=params, opt_state=opt_state, sums=sums,
-                        **changes)
+  new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             sums=sums, **changes)
+  return new_state, metrics
 
 
 class PowerChunk(NamedTuple):
