@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from invmeasure.analysis import figures
 from invmeasure.training import (checkpoints, config_checks, metric_writer, projections,
-                                 step as step_lib, tasks)
+                                 step as step_lib, storage, tasks)
 from invmeasure.training.errors import TrainingError
 from invmeasure.training.state import RunState, state_shardings
 
@@ -41,19 +41,12 @@ def _host(tree):
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _keep_rows_up_to(path: str, last_step: int) -> None:
   """Drops the rows a killed run wrote after its last checkpoint (all, if none)."""
-  if not os.path.exists(path):
+  if not storage.path(path).exists():
     return
   rows = [r for r in metric_writer.read_metrics(path) if r["step"] <= last_step]
-  _atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+  storage.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 class _Preemption:
@@ -216,21 +209,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   replicated = plan.replicated
 
   # Everything above may reject the config; only now is anything written.
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   if jax.process_index() == 0:
-    _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    storage.write_text(os.path.join(workdir, "config.json"),
+                       config.to_json_best_effort(indent=2))
 
   state = init_state_fn(plan)(init_key(config))
   checkpointer = checkpoints.Checkpointer(workdir, int(config.get("checkpoint_max_to_keep", 2)))
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state = checkpointer.restore(state, latest)
+  try:
+    restored = checkpointer.restore_latest(state)
+  except BaseException:
+    checkpointer.close()
+    raise
+  state = restored if restored is not None else state
   start = int(_host(state.step))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   projections_path = os.path.join(workdir, projections.PROJECTIONS_FILE)
   if jax.process_index() == 0:
     for path in (metrics_path, projections_path):
-      _keep_rows_up_to(path, start if latest is not None else -1)
+      _keep_rows_up_to(path, start if restored is not None else -1)
 
   train_step = jit_train_step(plan)
   diag_cfg = config.diagnostics
@@ -345,6 +342,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"good checkpoint (step {checkpointer.latest_step()}) is kept; lower "
               "config.optimizer.learning_rate and rerun")
         write_projections()  # every row up to a checkpoint is on disk before it
+        for open_writer in (writer, projection_writer):
+          if open_writer:
+            open_writer.flush()  # on object storage, rows are uploaded only here
         checkpointer.save(state, done)
       if progress is not None:
         progress.update(1)
@@ -378,8 +378,7 @@ def _tensorboard(workdir: str):
   """TensorBoard event files in workdir/tensorboard (process 0 only)."""
   if jax.process_index() != 0:
     return None
-  import tensorboardX
-  return tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+  return storage.tensorboard_writer(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
 
 def _progress(start: int, total: int):
