@@ -109,6 +109,26 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(reference, tmp
   assert_rows_close(rows(workdir), rows(reference))
 
 
+def test_distributed_auto_joins_the_job_a_slurm_environment_describes(reference, tmp_path):
+  """`--distributed_auto` as docs/pods.md starts it under SLURM: two tasks on one node,
+  each told its place only by the variables `srun` sets."""
+  job = int(np.random.default_rng().integers(1, 10**6))  # JAX derives the port from it
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+         "SLURM_STEP_NUM_NODES": "1", "TPU_SKIP_MDS_QUERY": "1"}
+  workdir = str(tmp_path / "slurm")
+  procs = [subprocess.Popen(command(workdir, *LONG, "--distributed_auto"), cwd=REPO,
+                            env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert_rows_close(rows(workdir), rows(reference))
+  # One job, not two separate runs: the second process wrote its part of the checkpoint.
+  assert "ocdbt.process_1" in os.listdir(os.path.join(workdir, "checkpoints", "120", "default"))
+
+
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "diverged")
   result = run(workdir, "--config.optimizer.learning_rate=1e4", check=False)
