@@ -167,3 +167,16 @@ def test_a_gs_run_resumes_exactly_after_a_kill(fake_gcs, tmp_path):
             for name in os.listdir(os.path.join(local, "tensorboard"))]
   assert events and all(_event_records(path) > 1 for path in events)
   assert os.listdir(cwd) == []  # nothing written locally: no `gs:` folder
+
+
+def test_a_gs_data_dir_without_the_cloud_libraries_is_one_line(monkeypatch):
+  import configs.quickstart
+  from invmeasure.training import config_checks
+  monkeypatch.delenv(storage.FAKE_GCS_ENV, raising=False)
+  for module in ("gcsfs", "tensorflow", "google.cloud.storage"):
+    monkeypatch.setitem(sys.modules, module, None)
+  config = configs.quickstart.get_config("tiny")
+  config.data_dir = "gs://bucket/tensorflow_datasets"
+  with pytest.raises(ConfigError, match=r"^config.data_dir=gs://bucket/tensorflow_datasets "
+                                        r"needs Cloud Storage support, .* pip install"):
+    config_checks.check_config(config, 8)

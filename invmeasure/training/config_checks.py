@@ -44,6 +44,8 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   if missing:
     raise ConfigError(f"config.{missing[0]} is missing; a training config needs "
                       f"{', '.join(REQUIRED)} (see configs/quickstart.py)")
+  if config.get("data_dir"):  # gs:// needs the [gcs] extra, as a workdir there does
+    storage.path(config.data_dir, flag="config.data_dir")
   if config.dataset not in DATASETS:
     raise ConfigError(f"config.dataset={config.dataset!r} is unknown; choose one of "
                       f"{', '.join(DATASETS)}")

@@ -50,15 +50,29 @@ def _keep_rows_up_to(path: str, last_step: int) -> None:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """Turns SIGTERM into a flag the loop checks after each step.
+
+  With several processes, a SIGTERM reaches them at different steps, and a process that
+  stopped alone would leave the others waiting in the next step's collectives. JAX's
+  preemption service (started by `jax.distributed.initialize`, which catches SIGTERM)
+  then names one step, after which every process saves and stops.
+  """
 
   def __init__(self):
     self.requested = False
-    if threading.current_thread() is threading.main_thread():
+    self._shared = jax.process_count() > 1
+    if not self._shared and threading.current_thread() is threading.main_thread():
       signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def after(self, step: int) -> bool:
+    """Whether to checkpoint and stop after `step` (called after every step)."""
+    if self._shared and not self.requested:
+      from jax.experimental import multihost_utils
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
 
 class _Batches:
@@ -335,7 +349,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         emit(row, done)
         if progress is not None:
           progress.set_postfix(loss=f"{row.get('train_loss', float('nan')):.4f}", refresh=False)
-      if done % config.checkpoint_every_steps == 0 or done == num_steps or preemption.requested:
+      preempted = preemption.after(done)
+      if done % config.checkpoint_every_steps == 0 or done == num_steps or preempted:
         if not bool(_host(all_finite(state.params))):
           raise TrainingError(
               f"non-finite weights at step {done}; stopped without saving them. The last "
@@ -348,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpointer.save(state, done)
       if progress is not None:
         progress.update(1)
-      if preemption.requested:
+      if preempted:
         checkpointer.wait()
         raise TrainingError(f"preempted (SIGTERM) after step {done}; checkpoint saved; "
                             "rerun the same command to resume")
