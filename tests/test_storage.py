@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from invmeasure.analysis import figures
 from invmeasure.training import metric_writer, storage, synthetic_1d
 from invmeasure.training.errors import ConfigError
 from tests.driver import REPO, assert_same_params, final_params, projection_rows, rows, run
@@ -167,6 +168,9 @@ def test_a_gs_run_resumes_exactly_after_a_kill(fake_gcs, tmp_path):
             for name in os.listdir(os.path.join(local, "tensorboard"))]
   assert events and all(_event_records(path) > 1 for path in events)
   assert os.listdir(cwd) == []  # nothing written locally: no `gs:` folder
+  # experiments.plot's path: the figures drawn again from the bucket, elsewhere.
+  drawn = figures.write_figures([BUCKET_RUN], str(tmp_path / "plots"))
+  assert sorted(os.path.basename(p) for p in drawn) == sorted(os.listdir(tmp_path / "plots"))
 
 
 def test_a_gs_data_dir_without_the_cloud_libraries_is_one_line(monkeypatch):
