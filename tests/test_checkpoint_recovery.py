@@ -3,6 +3,8 @@ the one before; and when none can be read, one line that says how to start over.
 
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +12,8 @@ import numpy as np
 import pytest
 
 from invmeasure.training import checkpoints, state as state_lib
-from invmeasure.training.errors import TrainingError
-from tests.driver import assert_same_params, final_params, projection_rows, rows, run
+from tests.driver import (REPO, assert_same_params, final_params, projection_rows, rows,
+                          run)
 
 SHORT = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=20",
          "--config.diagnostics.every_steps=10"]
@@ -41,10 +43,12 @@ def flip_bytes(step_dir):
 
 
 def truncate_file(step_dir):
-  """Cuts the largest file in half, as an interrupted copy does."""
-  largest = max(_files(step_dir), key=os.path.getsize)
-  with open(largest, "rb+") as f:
-    f.truncate(os.path.getsize(largest) // 2)
+  """Cuts the checkpoint's data file in half, as an interrupted copy does (the tiny
+  state's values all lie in the one file of the merged index, `default/d/`)."""
+  data = os.path.join(step_dir, "default", "d")
+  (name,) = os.listdir(data)
+  with open(os.path.join(data, name), "rb+") as f:
+    f.truncate(os.path.getsize(os.path.join(data, name)) // 2)
 
 
 def remove_file(step_dir):
@@ -158,3 +162,38 @@ def test_a_restore_error_is_reported_in_one_short_line():
   text = checkpoints.reason(error)
   assert "\n" not in text and len(text) < 240
   assert text.startswith("ValueError: ...") and text.endswith("checksum verification failed")
+
+
+_NOISE = """
+import asyncio, gc, sys
+from invmeasure.training import checkpoints
+if sys.argv[1] == "quiet":
+  checkpoints._drop_failed_restore_reports()
+async def read():
+  raise ValueError("a read of the failed restore")
+async def restore():
+  asyncio.ensure_future(read())  # a sibling whose error nobody retrieves
+  await asyncio.sleep(0.01)
+asyncio.run(restore())
+gc.collect()
+closed = asyncio.new_event_loop()
+closed.close()
+class LateRead:
+  def __del__(self):
+    closed.call_soon_threadsafe(print)  # RuntimeError('Event loop is closed'), unraisable
+LateRead()
+print("done")
+"""
+
+
+def test_a_failed_restore_leaves_no_traceback_behind():
+  """What orbax's failing restore leaves (lost asyncio tasks, reads finishing on its closed
+  loop) prints tracebacks at exit; after `restore_latest` has begun, it does not."""
+  def stderr(mode):
+    result = subprocess.run([sys.executable, "-c", _NOISE, mode], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout == "done\n", result.stderr
+    return result.stderr
+  noisy = stderr("noisy")
+  assert "exception was never retrieved" in noisy and "Event loop is closed" in noisy
+  assert stderr("quiet") == ""

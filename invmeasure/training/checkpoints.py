@@ -8,7 +8,7 @@ weights without an error.
 
 from __future__ import annotations
 
-import os
+import logging
 import sys
 from typing import Any, Callable
 
@@ -68,10 +68,16 @@ def reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _drop_closed_loop_reports() -> None:
+def _never_retrieved(record: logging.LogRecord) -> bool:
+  return "exception was never retrieved" not in record.getMessage()
+
+
+def _drop_failed_restore_reports() -> None:
   """After a failed restore, TensorStore reads still in flight finish on orbax's closed
-  event loop and each reports `RuntimeError: Event loop is closed` as unraisable; those
-  reports (noise, as the restore already failed) are dropped, any other passes on."""
+  event loop and each reports `RuntimeError: Event loop is closed` as unraisable, and
+  asyncio logs the sibling reads' errors, never retrieved, when they are collected. Those
+  reports (noise, as the restore already failed) are dropped; any other passes on."""
+  logging.getLogger("asyncio").addFilter(_never_retrieved)  # once: filters are a set
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop", False):
     return
@@ -161,7 +167,7 @@ class Checkpointer:
     self._manager.reload()
     steps = sorted(self._manager.all_steps(), reverse=True)
     if steps:
-      _drop_closed_loop_reports()  # before: they start while a failing restore unwinds
+      _drop_failed_restore_reports()  # before: they start while a failing restore unwinds
     failures: list[tuple[int, str]] = []
     for step in steps:
       try:
