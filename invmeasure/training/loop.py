@@ -2,8 +2,10 @@
 
 A run is a pure function of its config: the batch of step t and all randomness derive
 from (seed, t), and everything else lives in the checkpointed `RunState`. Restarting the
-same command after a kill resumes from the latest checkpoint, drops the metric rows
-written after it, and produces the same rows and weights as an uninterrupted run.
+same command after a kill resumes from the latest checkpoint (the newest that can be read:
+`checkpoints.Checkpointer.restore_latest`), drops the metric rows written after it, and
+produces the same rows and weights as an uninterrupted run. The workdir may be local or
+`gs://...` (`storage`).
 """
 
 from __future__ import annotations
