@@ -109,6 +109,56 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(reference, tmp
   assert_rows_close(rows(workdir), rows(reference))
 
 
+def test_distributed_auto_joins_the_job_a_slurm_environment_describes(reference, tmp_path):
+  """`--distributed_auto` as docs/pods.md starts it under SLURM: two tasks on one node,
+  each told its place only by the variables `srun` sets."""
+  job = int(np.random.default_rng().integers(1, 10**6))  # JAX derives the port from it
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+         "SLURM_STEP_NUM_NODES": "1", "TPU_SKIP_MDS_QUERY": "1"}
+  workdir = str(tmp_path / "slurm")
+  procs = [subprocess.Popen(command(workdir, *LONG, "--distributed_auto"), cwd=REPO,
+                            env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert_rows_close(rows(workdir), rows(reference))
+  # One job, not two separate runs: the second process wrote its part of the checkpoint.
+  assert "ocdbt.process_1" in os.listdir(os.path.join(workdir, "checkpoints", "120", "default"))
+
+
+def test_sigterm_to_one_process_of_two_stops_both_after_the_same_step(reference, tmp_path):
+  """A pod preemption: the signal reaches the processes at different steps; they agree on
+  one, both save it and stop, and the same commands resume."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  workdir = str(tmp_path / "preempted")
+  port = 20000 + int(np.random.default_rng().integers(10000))
+  flags = [f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+
+  def start():
+    return [subprocess.Popen(command(workdir, *LONG, *flags, f"--process_id={i}"), cwd=REPO,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+  procs = start()
+  path = os.path.join(workdir, "metrics.jsonl")
+  while procs[0].poll() is None and not (os.path.exists(path) and len(rows(workdir)) >= 8):
+    time.sleep(0.005)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=300) for p in procs]
+  if procs[0].returncode != 0:  # it was still training when the signal came
+    stopped = [re.search(r"preempted \(SIGTERM\) after step (\d+)", err) for _, err in outputs]
+    assert all(stopped) and all(p.returncode == 1 for p in procs), outputs[0][1][-3000:]
+    assert stopped[0].group(1) == stopped[1].group(1)
+    assert stopped[0].group(1) in os.listdir(os.path.join(workdir, "checkpoints"))
+  procs = start()
+  for p, (_, err) in zip(procs, [p.communicate(timeout=300) for p in procs]):
+    assert p.returncode == 0, err[-3000:]
+  assert_rows_close(rows(workdir), rows(reference))
+
+
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "diverged")
   result = run(workdir, "--config.optimizer.learning_rate=1e4", check=False)

@@ -31,6 +31,7 @@ from matplotlib.lines import Line2D
 
 from invmeasure.analysis import runs as runs_lib
 from invmeasure.analysis.runs import Run
+from invmeasure.training import storage
 from invmeasure.training.errors import ConfigError
 
 TRAINING_DYNAMICS = "training_dynamics.png"
@@ -236,7 +237,7 @@ def _draw_figure(groups: Sequence[Sequence[Run]], labels: Sequence[str],
              fontsize=9, frameon=False)
   fig.suptitle(title)
   fig.tight_layout(rect=(0, (0.15 + 0.22 * legend_lines) / height, 1, 1))
-  fig.savefig(path, dpi=_DPI)
+  storage.save_figure(fig, path, dpi=_DPI)
   return path
 
 
@@ -271,7 +272,7 @@ def write_figures(workdirs: Sequence[str], out_dir: str) -> list[str]:
   groups = runs_lib.seed_groups(runs)
   labels = runs_lib.group_labels(groups)
   colors = [f"C{i % 10}" for i in range(len(groups))]
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
 
   paths = [_draw_figure(groups, labels, colors, DYNAMICS_PANELS,
                         os.path.join(out_dir, TRAINING_DYNAMICS),

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from invmeasure.training import metric_writer
+from invmeasure.training import metric_writer, storage
 from invmeasure.training.errors import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -52,10 +52,10 @@ class Run:
 def _read_config(workdir: str) -> dict[str, Any]:
   """The parsed `config.json` of `workdir`, or {} when the run has none."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not storage.path(path).exists():
     return {}
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.path(path).open("r") as f:
       config = json.load(f)
   except json.JSONDecodeError as error:
     raise ConfigError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
@@ -71,10 +71,10 @@ def load_run(workdir: str) -> Run:
     ConfigError: (a `ValueError`) with a one-line message naming the path when the
       workdir is missing, has no `metrics.jsonl`, no rows yet, or an unreadable file.
   """
-  if not os.path.isdir(workdir):
+  if not storage.path(workdir).is_dir():
     raise ConfigError(f"--workdir={workdir} does not exist; run experiments.run first")
   metrics_path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(metrics_path):
+  if not storage.path(metrics_path).exists():
     raise ConfigError(f"--workdir={workdir} has no {METRICS_FILE}; run experiments.run first")
   try:
     rows = metric_writer.read_metrics(metrics_path)

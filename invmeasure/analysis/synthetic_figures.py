@@ -17,6 +17,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from invmeasure.training import storage
+
 
 def _group_by_lr(rows: Sequence[dict]) -> dict[float, dict[str, np.ndarray]]:
   """Columns of the rows of each learning rate, in order of first appearance."""
@@ -85,6 +87,6 @@ def plot_gradient_descent_runs(rows: Sequence[dict], fn: Callable, path: str, *,
   fig.tight_layout()
   directory = os.path.dirname(path)
   if directory:
-    os.makedirs(directory, exist_ok=True)
-  fig.savefig(path, dpi=110)
+    storage.makedirs(directory)
+  storage.save_figure(fig, path, dpi=110)
   plt.close(fig)

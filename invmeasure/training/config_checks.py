@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
 from invmeasure.data import augment as augment_lib, sources, text_sources
 from invmeasure.models import registry
-from invmeasure.training import optim, step as step_lib
+from invmeasure.training import optim, step as step_lib, storage
 from invmeasure.training.errors import ConfigError
 
 
@@ -20,9 +18,8 @@ def _positive(value, field: str, kind=float) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f"--workdir={workdir} is an existing file; pass a directory "
-                      "(it is created if missing)")
+  """A local or `gs://` run directory that can be used (see `storage.check_workdir`)."""
+  storage.check_workdir(workdir)
 
 
 REQUIRED = ("seed", "dataset", "model.name", "batch_size", "optimizer.name",
@@ -47,6 +44,8 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   if missing:
     raise ConfigError(f"config.{missing[0]} is missing; a training config needs "
                       f"{', '.join(REQUIRED)} (see configs/quickstart.py)")
+  if config.get("data_dir"):  # gs:// needs the [gcs] extra, as a workdir there does
+    storage.path(config.data_dir, flag="config.data_dir")
   if config.dataset not in DATASETS:
     raise ConfigError(f"config.dataset={config.dataset!r} is unknown; choose one of "
                       f"{', '.join(DATASETS)}")

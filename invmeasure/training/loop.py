@@ -2,8 +2,10 @@
 
 A run is a pure function of its config: the batch of step t and all randomness derive
 from (seed, t), and everything else lives in the checkpointed `RunState`. Restarting the
-same command after a kill resumes from the latest checkpoint, drops the metric rows
-written after it, and produces the same rows and weights as an uninterrupted run.
+same command after a kill resumes from the latest checkpoint (the newest that can be read:
+`checkpoints.Checkpointer.restore_latest`), drops the metric rows written after it, and
+produces the same rows and weights as an uninterrupted run. The workdir may be local or
+`gs://...` (`storage`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from invmeasure.analysis import figures
 from invmeasure.training import (checkpoints, config_checks, metric_writer, projections,
-                                 step as step_lib, tasks)
+                                 step as step_lib, storage, tasks)
 from invmeasure.training.errors import TrainingError
 from invmeasure.training.state import RunState, state_shardings
 
@@ -41,31 +43,38 @@ def _host(tree):
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _keep_rows_up_to(path: str, last_step: int) -> None:
   """Drops the rows a killed run wrote after its last checkpoint (all, if none)."""
-  if not os.path.exists(path):
+  if not storage.path(path).exists():
     return
   rows = [r for r in metric_writer.read_metrics(path) if r["step"] <= last_step]
-  _atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+  storage.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """Turns SIGTERM into a flag the loop checks after each step.
+
+  With several processes, a SIGTERM reaches them at different steps, and a process that
+  stopped alone would leave the others waiting in the next step's collectives. JAX's
+  preemption service (started by `jax.distributed.initialize`, which catches SIGTERM)
+  then names one step, after which every process saves and stops.
+  """
 
   def __init__(self):
     self.requested = False
-    if threading.current_thread() is threading.main_thread():
+    self._shared = jax.process_count() > 1
+    if not self._shared and threading.current_thread() is threading.main_thread():
       signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def after(self, step: int) -> bool:
+    """Whether to checkpoint and stop after `step` (called after every step)."""
+    if self._shared and not self.requested:
+      from jax.experimental import multihost_utils
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
 
 class _Batches:
@@ -216,21 +225,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   replicated = plan.replicated
 
   # Everything above may reject the config; only now is anything written.
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   if jax.process_index() == 0:
-    _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    storage.write_text(os.path.join(workdir, "config.json"),
+                       config.to_json_best_effort(indent=2))
 
   state = init_state_fn(plan)(init_key(config))
   checkpointer = checkpoints.Checkpointer(workdir, int(config.get("checkpoint_max_to_keep", 2)))
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state = checkpointer.restore(state, latest)
+  try:
+    restored = checkpointer.restore_latest(state)
+  except BaseException:
+    checkpointer.close()
+    raise
+  state = restored if restored is not None else state
   start = int(_host(state.step))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   projections_path = os.path.join(workdir, projections.PROJECTIONS_FILE)
   if jax.process_index() == 0:
     for path in (metrics_path, projections_path):
-      _keep_rows_up_to(path, start if latest is not None else -1)
+      _keep_rows_up_to(path, start if restored is not None else -1)
 
   train_step = jit_train_step(plan)
   diag_cfg = config.diagnostics
@@ -341,17 +354,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         emit(row, done)
         if progress is not None:
           progress.set_postfix(loss=f"{row.get('train_loss', float('nan')):.4f}", refresh=False)
-      if done % config.checkpoint_every_steps == 0 or done == num_steps or preemption.requested:
+      preempted = preemption.after(done)
+      if done % config.checkpoint_every_steps == 0 or done == num_steps or preempted:
         if not bool(_host(all_finite(state.params))):
           raise TrainingError(
               f"non-finite weights at step {done}; stopped without saving them. The last "
               f"good checkpoint (step {checkpointer.latest_step()}) is kept; lower "
               "config.optimizer.learning_rate and rerun")
         write_projections()  # every row up to a checkpoint is on disk before it
+        for open_writer in (writer, projection_writer):
+          if open_writer:
+            open_writer.flush()  # on object storage, rows are uploaded only here
         checkpointer.save(state, done)
       if progress is not None:
         progress.update(1)
-      if preemption.requested:
+      if preempted:
         checkpointer.wait()
         raise TrainingError(f"preempted (SIGTERM) after step {done}; checkpoint saved; "
                             "rerun the same command to resume")
@@ -381,8 +398,7 @@ def _tensorboard(workdir: str):
   """TensorBoard event files in workdir/tensorboard (process 0 only)."""
   if jax.process_index() != 0:
     return None
-  import tensorboardX
-  return tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+  return storage.tensorboard_writer(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
 
 def _progress(start: int, total: int):

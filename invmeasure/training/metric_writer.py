@@ -3,6 +3,11 @@
 A run killed mid-write can leave a last line without its newline. `read_metrics` skips
 such a line, and `MetricWriter` cuts it off before appending, so a resumed run continues
 on a clean line.
+
+On object storage (`gs://`), which cannot append, the writer keeps the file's lines and
+uploads them whole at each `flush()` (the driver flushes before every checkpoint) and at
+`close()`; rows written after the last flush are lost in a crash, as the driver drops
+rows after the last checkpoint on resume anyway.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
+
+from invmeasure.training import storage
 
 
 def _to_builtin(value: Any) -> Any:
@@ -49,9 +56,17 @@ class MetricWriter:
         writer.write({'step': 1, 'epoch': 0.01, 'train_loss': 2.3})
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str | os.PathLike):
     """Opens `path` for appending, creating its directory and the file as needed."""
     self.path = path
+    self._file = None
+    self._lines: list[str] | None = None  # object storage: the whole file, to upload
+    if storage.is_remote(path):
+      file = storage.path(path)
+      text = file.read_text() if file.exists() else ''
+      self._lines = [text[:text.rfind('\n') + 1]]
+      self._uploaded, self._closed = True, False
+      return
     directory = os.path.dirname(path)
     if directory:
       os.makedirs(directory, exist_ok=True)
@@ -62,12 +77,29 @@ class MetricWriter:
   def write(self, row: Mapping[str, Any]) -> None:
     """Appends one row (a flat mapping of JSON-compatible values) and flushes it."""
     line = json.dumps(dict(row), default=_to_builtin, allow_nan=True)
+    if self._lines is not None:
+      if self._closed:
+        raise ValueError(f'write to {self.path} after close()')
+      self._lines.append(line + '\n')
+      self._uploaded = False
+      return
     self._file.write(line + '\n')
     self._file.flush()
 
+  def flush(self) -> None:
+    """Makes every row written so far durable: locally each row already is; on object
+    storage the file is uploaded whole."""
+    if self._lines is not None and not self._uploaded:
+      storage.path(self.path).write_text(''.join(self._lines))
+      self._uploaded = True
+
   def close(self) -> None:
-    """Closes the file; further writes raise."""
-    self._file.close()
+    """Flushes and closes the file; further writes raise."""
+    if self._lines is not None:
+      self.flush()
+      self._closed = True
+    else:
+      self._file.close()
 
   def __enter__(self) -> MetricWriter:
     return self
@@ -76,13 +108,13 @@ class MetricWriter:
     self.close()
 
 
-def read_metrics(path: str) -> list[dict[str, Any]]:
-  """Reads every row of a JSON-lines metric file, in order.
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Reads every row of a JSON-lines metric file (local or on object storage), in order.
 
   A last line that is cut short (no newline and not valid JSON, as a crash leaves it)
   is skipped; a bad line anywhere else raises `ValueError` naming the file and line.
   """
-  with open(path, encoding='utf-8') as f:
+  with storage.path(path).open('r') as f:
     lines = f.read().split('\n')
   rows = []
   for number, line in enumerate(lines, start=1):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from invmeasure.analysis import synthetic_figures
-from invmeasure.training import metric_writer
+from invmeasure.training import metric_writer, storage
 from invmeasure.training.errors import ConfigError
 
 ScalarFn = Callable[[jax.Array], jax.Array]
@@ -128,10 +128,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _prepare_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(
-        f'--workdir={workdir} is an existing file; pass a directory (it is created if missing)')
-  os.makedirs(os.path.join(workdir, 'figures'), exist_ok=True)
+  storage.check_workdir(workdir)  # ConfigError for a file, or gs:// without its libraries
+  storage.makedirs(os.path.join(workdir, 'figures'))
 
 
 def metric_rows(trajectory: Trajectory, lr: float, log_every_steps: int = 1) -> list[dict]:
@@ -171,12 +169,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   fn = get_function(config.function)
   _check_config(config)
   _prepare_workdir(workdir)
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(config.to_json(indent=2) + '\n')
+  storage.write_text(os.path.join(workdir, 'config.json'), config.to_json(indent=2) + '\n')
 
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(metrics_path):
-    os.remove(metrics_path)
+  storage.path(metrics_path).unlink(missing_ok=True)
   rows = []
   with metric_writer.MetricWriter(metrics_path) as writer:
     for lr in config.learning_rates:
