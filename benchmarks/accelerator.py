@@ -87,8 +87,10 @@ class Steps:
 def _resnet_config(quick: bool, dtype: str):
   config = imagenet_resnet101.get_config("tiny" if quick else "")
   config.model.dtype = dtype
-  config.diagnostics.num_minibatches = 16
-  config.diagnostics.sharpness_iters = 5
+  config.diagnostics.num_minibatches = 2 if quick else 16
+  config.diagnostics.sharpness_iters = 1 if quick else 5
+  if quick:
+    config.batch_size = config.diagnostics.batch_size = 2
   return config
 
 
