@@ -32,9 +32,8 @@ PROPERTIES = ("loss_plateaus_above_zero", "gradient_does_not_vanish", "weights_e
 
 def _column(rows: Sequence[Mapping[str, Any]], field: str, first: float, last: float,
             transform=None) -> np.ndarray:
-  """`field` of the rows with first < step <= last (first inclusive when 0)."""
-  values = [row[field] for row in rows if field in row
-            and (first < row["step"] or first == row["step"] == 0) and row["step"] <= last]
+  """`field` of the rows with first < step <= last."""
+  values = [row[field] for row in rows if field in row and first < row["step"] <= last]
   values = np.asarray(values, dtype=float)
   return transform(values) if transform is not None else values
 
