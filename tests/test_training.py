@@ -95,17 +95,21 @@ def test_one_device_matches_eight(reference, tmp_path):
   assert_rows_close(rows(str(tmp_path / "one")), rows(reference))
 
 
+def _run_together(commands_and_envs):
+  """Starts the processes of one job at once and waits for all; each must succeed."""
+  procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for cmd, env in commands_and_envs]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+
+
 def test_two_processes_of_four_devices_match_one_process_of_eight(reference, tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   workdir = str(tmp_path / "two")
   port = 20000 + int(np.random.default_rng().integers(10000))
   flags = [f"--coordinator_address=localhost:{port}", "--num_processes=2"]
-  procs = [subprocess.Popen(command(workdir, *LONG, *flags, f"--process_id={i}"), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=300) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
+  _run_together([(command(workdir, *LONG, *flags, f"--process_id={i}"), env) for i in range(2)])
   assert_rows_close(rows(workdir), rows(reference))
 
 
@@ -117,13 +121,8 @@ def test_distributed_auto_joins_the_job_a_slurm_environment_describes(reference,
          "SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
          "SLURM_STEP_NUM_NODES": "1", "TPU_SKIP_MDS_QUERY": "1"}
   workdir = str(tmp_path / "slurm")
-  procs = [subprocess.Popen(command(workdir, *LONG, "--distributed_auto"), cwd=REPO,
-                            env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=300) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
+  _run_together([(command(workdir, *LONG, "--distributed_auto"),
+                  {**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}) for i in range(2)])
   assert_rows_close(rows(workdir), rows(reference))
   # One job, not two separate runs: the second process wrote its part of the checkpoint.
   assert "ocdbt.process_1" in os.listdir(os.path.join(workdir, "checkpoints", "120", "default"))
