@@ -31,9 +31,10 @@ PROPERTIES = ("loss_plateaus_above_zero", "gradient_does_not_vanish", "weights_e
 
 
 def _column(rows: Sequence[Mapping[str, Any]], field: str, first: float, last: float,
-            transform=None) -> np.ndarray:
-  """`field` of the rows with first < step <= last."""
-  values = [row[field] for row in rows if field in row and first < row["step"] <= last]
+            transform=None, of: str | None = None) -> np.ndarray:
+  """`field` of the rows with first < step <= last (with `of`, that field of the rows
+  that carry `field`, e.g. their steps)."""
+  values = [row[of or field] for row in rows if field in row and first < row["step"] <= last]
   values = np.asarray(values, dtype=float)
   return transform(values) if transform is not None else values
 
@@ -68,10 +69,9 @@ def regime_numbers(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
     numbers[f"{name}_epoch2"] = float(np.median(second)) if second.size else float("nan")
     numbers[f"{name}_last_fifth"] = float(np.median(last)) if last.size else float("nan")
     numbers[f"{name}_ratio"] = numbers[f"{name}_last_fifth"] / numbers[f"{name}_epoch2"]
-    half_steps = np.asarray([row["step"] for row in rows if field in row
-                             and steps / 2 < row["step"] <= steps], dtype=float)
     numbers[f"{name}_trend_t"] = block_trend_t(
-        half_steps, _column(rows, field, steps / 2, steps, transform))
+        _column(rows, field, steps / 2, steps, of="step"),
+        _column(rows, field, steps / 2, steps, transform))
   previous = _column(rows, "weight_norm", 0.6 * steps, 0.8 * steps)
   last = _column(rows, "weight_norm", 0.8 * steps, steps)
   numbers["weight_norm_previous_fifth"] = float(np.mean(previous))

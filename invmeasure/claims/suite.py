@@ -31,7 +31,7 @@ import ml_collections
 
 from configs import digits_interpolation, quickstart, synthetic_1d as synthetic_config
 from invmeasure.data import batching, sources
-from invmeasure.training import loop, replicates, synthetic_1d
+from invmeasure.training import replicates, synthetic_1d
 
 # The learning rates of the constant runs, largest first.
 CONSTANT_LRS = (0.1, 0.03, 0.01)
@@ -161,9 +161,6 @@ def run_all(suite: Suite, workdir: str, log=print) -> tuple[str, dict[str, dict[
     workdirs[name] = {}
     for seed in suite.seeds:
       log(f"{name}, seed {seed}")
-      run_dir = replicates.seed_workdir(os.path.join(runs_dir, name), seed)
-      replicate = config.copy_and_resolve_references()
-      replicate.seed = seed
-      loop.train_and_evaluate(replicate, run_dir)
-      workdirs[name][seed] = run_dir
+      replicates.train_seed(config, os.path.join(runs_dir, name), seed)
+      workdirs[name][seed] = replicates.seed_workdir(os.path.join(runs_dir, name), seed)
   return synthetic_dir, workdirs

@@ -34,17 +34,21 @@ def seed_workdir(workdir: str, seed: int) -> str:
   return os.path.join(workdir, f"seed_{seed}")
 
 
+def train_seed(config: ml_collections.ConfigDict, workdir: str, seed: int) -> dict:
+  """Trains `config` with `seed` into `seed_workdir(workdir, seed)` (the caller's config
+  is left alone); returns the run's last row."""
+  replicate = config.copy_and_resolve_references()
+  replicate.seed = seed
+  return loop.train_and_evaluate(replicate, seed_workdir(workdir, seed))
+
+
 def train_seeds(config: ml_collections.ConfigDict, workdir: str,
                 seeds: Sequence[int]) -> list[dict]:
   """Trains `config` once per seed (finished seeds are not rerun; a killed one resumes);
   returns each run's last row."""
   config_checks.check_workdir(workdir)
   config_checks.check_config(config, jax.device_count())
-  last_rows = []
-  for seed in seeds:
-    replicate = config.copy_and_resolve_references()
-    replicate.seed = seed
-    last_rows.append(loop.train_and_evaluate(replicate, seed_workdir(workdir, seed)))
+  last_rows = [train_seed(config, workdir, seed) for seed in seeds]
   if jax.process_index() == 0:
     figures.write_figures([seed_workdir(workdir, s) for s in seeds],
                           os.path.join(workdir, "figures"))
