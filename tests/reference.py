@@ -51,3 +51,29 @@ def dense_gradient(loss_fn, params, batch) -> np.ndarray:
 
 def unflatten_like(params, vec: np.ndarray):
   return ravel_pytree(params)[1](jnp.asarray(vec))
+
+
+def conv_problem(seed: int, *, batch: int = 8, dtype=jnp.float32):
+  """A two-layer tanh CNN (3x3 convolutions, 6x6 images) with softmax cross-entropy.
+
+  Returns (loss_fn, params, batch): a model whose backward pass has weight-gradient
+  convolutions, the case XLA:CPU runs slowly inside loops (~400 parameters).
+  """
+  rng = np.random.default_rng(seed)
+  params = {"conv1": rng.normal(size=(3, 3, 1, 4)) / 3.0,
+            "conv2": rng.normal(size=(3, 3, 4, 4)) / 6.0,
+            "dense": rng.normal(size=(4 * 3 * 3, 3)) / 6.0, "bias": 0.1 * rng.normal(size=3)}
+  params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+  data = {"x": jnp.asarray(rng.normal(size=(batch, 6, 6, 1)), dtype),
+          "y": jnp.asarray(rng.integers(0, 3, size=(batch,)))}
+  return conv_loss, params, data
+
+
+def conv_loss(params, batch):
+  conv = lambda x, w, stride: jax.lax.conv_general_dilated(
+      x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h = jnp.tanh(conv(batch["x"], params["conv1"], 1))
+  h = jnp.tanh(conv(h, params["conv2"], 2))
+  logits = h.reshape(h.shape[0], -1) @ params["dense"] + params["bias"]
+  logp = jax.nn.log_softmax(logits)
+  return -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=1))

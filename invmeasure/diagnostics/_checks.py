@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -25,13 +26,22 @@ def check_params(params, name: str = "params") -> None:
 
 def check_scalar_loss(loss_fn: Callable, params, batch) -> None:
   """loss_fn(params, batch) must return a real scalar (checked without running it)."""
-  out = jax.eval_shape(loss_fn, params, batch)
+  leaves, treedef = jax.tree.flatten((params, batch))
+  specs = tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+  out = _loss_output(loss_fn, treedef, specs)
   shape = getattr(out, "shape", None)
   if shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
     raise ValueError(
         f"loss_fn(params, batch) must return a floating-point scalar, got "
         f"{type(out).__name__} with shape {shape} and dtype {getattr(out, 'dtype', None)}; "
         "reduce the per-example losses with a mean")
+
+
+@functools.lru_cache(maxsize=256)
+def _loss_output(loss_fn: Callable, treedef, specs):
+  """The shape of loss_fn's output, traced once per loss_fn and input structure."""
+  args = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*spec) for spec in specs])
+  return jax.eval_shape(loss_fn, *args)
 
 
 def leading_axis_size(batches, name: str = "batches") -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-PyTree = object
+from invmeasure.diagnostics._types import PyTree
 
 
 def tree_add(x: PyTree, y: PyTree) -> PyTree:
@@ -57,11 +57,14 @@ def tree_random_like(key: jax.Array, x: PyTree, kind: str = "normal") -> PyTree:
   leaves, treedef = jax.tree.flatten(x)
   keys = jax.random.split(key, len(leaves))
   if kind == "normal":
-    draw = lambda k, leaf: jax.random.normal(k, leaf.shape, leaf.dtype)
+    sample = jax.random.normal
   elif kind == "rademacher":
-    draw = lambda k, leaf: jax.random.rademacher(k, leaf.shape, leaf.dtype)
+    sample = jax.random.rademacher
   else:
     raise ValueError(f"kind must be 'normal' or 'rademacher', got {kind!r}")
+  # A flat draw reshaped: the same numbers as drawing the leaf's shape (the counter is
+  # the flat index), but XLA:CPU compiles it about 5x faster for a 4-D kernel.
+  draw = lambda k, leaf: sample(k, (leaf.size,), leaf.dtype).reshape(leaf.shape)
   return jax.tree.unflatten(treedef, [draw(k, leaf) for k, leaf in zip(keys, leaves)])
 
 

@@ -15,8 +15,7 @@ numerically stable when the noise is small next to the mean.
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 from invmeasure.diagnostics import _checks
 from invmeasure.diagnostics import _loops
 from invmeasure.diagnostics import _tree_math as tm
+from invmeasure.diagnostics._types import Batch, LossFn, Params
 
 
 class GradientStatsState(NamedTuple):
@@ -92,7 +92,7 @@ def gradient_stats_finalize(state: GradientStatsState) -> GradientStats:
   )
 
 
-def gradient_stats(loss_fn: Callable, params, batches, *,
+def gradient_stats(loss_fn: LossFn, params: Params, batches: Batch, *,
                    unroll: bool | None = None) -> GradientStats:
   """Loss, mean-gradient norm and gradient noise over K minibatches in one pass.
 
@@ -100,20 +100,34 @@ def gradient_stats(loss_fn: Callable, params, batches, *,
     loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss of one minibatch.
     params: any pytree of floating-point arrays.
     batches: a pytree whose leaves have a leading axis K >= 2; slice k along it is
-      one minibatch, what `loss_fn` takes.
-    unroll: unroll the K gradients into straight-line code (default: on CPU for K <= 8;
-      XLA:CPU runs backward convolutions inside loops slowly, and unrolled compile time
-      grows with K, so for large K on CPU jit `gradient_stats_update` and call it once
-      per minibatch instead).
+      one minibatch, what `loss_fn` takes. (When the K minibatches do not fit in
+      memory at once, feed them one by one to `gradient_stats_update`.)
+    unroll: how the loop over minibatches runs (see `invmeasure.diagnostics` on
+      loops); the default is fast on every backend.
+
+  Returns:
+    `GradientStats` of the K minibatch gradients.
   """
   k = _checks.leading_axis_size(batches)
   if k < 2:
     raise ValueError(
         f"gradient_stats needs K >= 2 minibatches to estimate the noise, got K={k}; "
         "stack more minibatches on the leading axis")
+  _checks.check_params(params)
   _checks.check_scalar_loss(loss_fn, params, jax.tree.map(lambda b: b[0], batches))
-  update = functools.partial(gradient_stats_update, loss_fn)
-  state = _loops.scan_leading(lambda s, batch: update(s, params, batch),
-                              gradient_stats_init(params), batches,
-                              unroll=_loops.resolve_unroll(unroll, k))
-  return gradient_stats_finalize(state)
+  return _loops.run(_GRADIENT_STATS, loss_fn, (params, batches), k, unroll=unroll)
+
+
+def _stats_init(loss_fn: LossFn, operands) -> GradientStatsState:
+  params, _ = operands
+  return gradient_stats_init(params)
+
+
+def _stats_step(loss_fn: LossFn, operands, k, state: GradientStatsState) -> GradientStatsState:
+  params, batches = operands
+  batch = jax.tree.map(lambda leaf: leaf[k], batches)
+  return gradient_stats_update(loss_fn, state, params, batch)
+
+
+_GRADIENT_STATS = _loops.Algorithm(
+    _stats_init, _stats_step, lambda loss_fn, operands, state: gradient_stats_finalize(state))

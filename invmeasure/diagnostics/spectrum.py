@@ -25,9 +25,8 @@ import numpy as np
 from invmeasure.diagnostics import _checks
 from invmeasure.diagnostics import _loops
 from invmeasure.diagnostics import _tree_math as tm
+from invmeasure.diagnostics._types import Batch, LossFn, Params
 from invmeasure.diagnostics.curvature import _as_tangent, _hvp
-
-LossFn = Callable[..., jax.Array]
 
 
 class TraceResult(NamedTuple):
@@ -90,16 +89,8 @@ def hessian_trace(loss_fn: LossFn, params, batch, *, key: jax.Array, num_samples
   _checks.check_params(params)
   _checks.check_scalar_loss(loss_fn, params, batch)
   _check_count("num_samples", num_samples)
-  acc = _acc_dtype(params)
-
-  def body(i, samples):
-    probe = tm.tree_random_like(jax.random.fold_in(key, i), params, "rademacher")
-    quad = tm.tree_vdot(probe, _hvp(loss_fn, params, batch, probe))
-    return samples.at[i].set(quad.astype(acc))
-
-  samples = _loops.fori_loop(num_samples, body, jnp.zeros((num_samples,), acc),
-                             unroll=_loops.resolve_unroll(unroll, num_samples))
-  return _mean_and_stderr(samples)
+  return _loops.run(_HUTCHINSON, (loss_fn, num_samples), (params, batch, key), num_samples,
+                    unroll=unroll)
 
 
 def lanczos(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None, init=None,
@@ -143,23 +134,11 @@ def lanczos(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None, ini
     _check_count("top_k", top_k)
     if top_k > num_iters:
       raise ValueError(f"top_k must be <= num_iters, got top_k={top_k} > {num_iters}")
-  if init is None:
-    if key is None:
-      raise ValueError("lanczos needs a start: pass key= (random start) or init= (given start)")
-    init = tm.tree_random_like(key, params)
-  init = _as_tangent(params, init)
-
-  alphas, betas, basis = _tridiagonalize(loss_fn, params, batch, init, num_iters,
-                                         _loops.resolve_unroll(unroll, num_iters))
-  ritz_values, ritz_coeffs = _tridiagonal_eigh(alphas, betas)
-  vectors = None
-  if return_vectors:
-    vectors = _ritz_vectors(ritz_coeffs[:, :top_k], basis)
-    vectors = _pad_leading(vectors, top_k)
-  alphas = _pad(alphas, num_iters, ritz_values[-1])
-  betas = _pad(betas, num_iters - 1, 0.0)
-  ritz_values = _pad(ritz_values, num_iters, ritz_values[-1])
-  return LanczosResult(alphas, betas, ritz_values, vectors)
+  if init is None and key is None:
+    raise ValueError("lanczos needs a start: pass key= (random start) or init= (given start)")
+  operands = (params, batch, key if init is None else None, init)
+  return _loops.run(_LANCZOS, (loss_fn, num_iters, top_k if return_vectors else 0), operands,
+                    min(num_iters, tm.tree_size(params)), unroll=unroll)
 
 
 def top_hessian_eigenvalues(loss_fn: LossFn, params, batch, *, key: jax.Array, k: int,
@@ -221,20 +200,21 @@ def spectral_density(loss_fn: LossFn, params, batch, *, key: jax.Array, num_prob
   _check_count("num_iters", num_iters)
   if probe not in ("rademacher", "normal"):
     raise ValueError(f"probe must be 'rademacher' or 'normal', got {probe!r}")
+  static = (loss_fn, num_iters, probe)
+  num_steps = min(num_iters, tm.tree_size(params))
+  rule = lambda p, do_unroll: _loops.run(_QUADRATURE_RULE, static, (params, batch, key, p),
+                                         num_steps, unroll=do_unroll)
+  if _loops.is_concrete((params, batch, key)):
+    # Each probe's Lanczos run is compiled once and driven as `run` chooses.
+    rows = [rule(p, unroll) for p in range(num_probes)]
+    return SpectralDensity(*(jnp.stack(column) for column in zip(*rows)))
   do_unroll = _loops.resolve_unroll(unroll, num_probes * num_iters)
-  acc = _acc_dtype(params)
 
   def body(p, rules):
-    nodes, weights = rules
-    start = tm.tree_random_like(jax.random.fold_in(key, p), params, probe)
-    alphas, betas, _ = _tridiagonalize(loss_fn, params, batch, start, num_iters, do_unroll)
-    ritz_values, ritz_coeffs = _tridiagonal_eigh(alphas, betas)
-    # Padding nodes (past the number of parameters) get weight 0.
-    node_row = _pad(ritz_values, num_iters, ritz_values[-1])
-    weight_row = _pad(ritz_coeffs[0] ** 2, num_iters, 0.0)
-    return nodes.at[p].set(node_row), weights.at[p].set(weight_row)
+    node_row, weight_row = rule(p, do_unroll)
+    return rules[0].at[p].set(node_row), rules[1].at[p].set(weight_row)
 
-  empty = jnp.zeros((num_probes, num_iters), acc)
+  empty = jnp.zeros((num_probes, num_iters), _acc_dtype(params))
   nodes, weights = _loops.fori_loop(num_probes, body, (empty, empty), unroll=do_unroll)
   return SpectralDensity(nodes, weights)
 
@@ -274,51 +254,122 @@ def slq_trace(density: SpectralDensity, dim: int,
   return _mean_and_stderr(per_probe)
 
 
-def _tridiagonalize(loss_fn: LossFn, params, batch, init, num_iters: int, unroll: bool):
-  """Lanczos with full reorthogonalisation; returns (alphas, betas, basis).
+def _trace_init(static, operands) -> jax.Array:
+  _, num_samples = static
+  return jnp.zeros((num_samples,), _acc_dtype(operands[0]))
 
-  Runs min(num_iters, dim) iterations: there are no more orthonormal directions.
-  """
+
+def _trace_step(static, operands, i, samples: jax.Array) -> jax.Array:
+  loss_fn, _ = static
+  params, batch, key = operands
+  probe = tm.tree_random_like(jax.random.fold_in(key, i), params, "rademacher")
+  quad = tm.tree_vdot(probe, _hvp(loss_fn, params, batch, probe))
+  return samples.at[i].set(quad.astype(samples.dtype))
+
+
+_HUTCHINSON = _loops.Algorithm(
+    _trace_init, _trace_step, lambda static, operands, samples: _mean_and_stderr(samples))
+
+
+class _LanczosState(NamedTuple):
+  basis: Params        # rows v_0..v_{num-1} (zero past the current one)
+  alphas: jax.Array
+  betas: jax.Array
+  vector: Params       # the next basis vector
+  scale: jax.Array     # largest ||H v_j|| so far: the breakdown test's reference
+
+
+def _lanczos_start(num_iters: int, params, start) -> _LanczosState:
+  """The state before the first of min(num_iters, dim) iterations: no more directions exist."""
   num = min(num_iters, tm.tree_size(params))
   acc = _acc_dtype(params)
-  tol = math.sqrt(float(jnp.finfo(acc).eps))
+  start = _as_tangent(params, start)
   basis = jax.tree.map(lambda leaf: jnp.zeros((num,) + leaf.shape, leaf.dtype), params)
-  vector = tm.tree_scale(jax.lax.rsqrt(tm.tree_norm_sq(init)), init)
-
-  def body(j, carry):
-    basis, alphas, betas, vector, scale = carry
-    basis = jax.tree.map(lambda rows, leaf: rows.at[j].set(leaf), basis, vector)
-    hv = _hvp(loss_fn, params, batch, vector)
-    alpha = tm.tree_vdot(vector, hv)
-    scale = jnp.maximum(scale, tm.tree_norm(hv))
-    # Rows past j are still zero, so projecting on the whole basis is projecting on
-    # the vectors built so far. (Slicing them off when unrolled makes every iteration
-    # a different shape, and XLA then compiles several times more slowly.)
-    residual = _orthogonalize(basis, hv)
-    beta = tm.tree_norm(residual)
-
-    def proceed():
-      return tm.tree_scale(1.0 / beta, residual), beta
-
-    def restart():
-      fresh = _orthogonalize(basis, _least_covered_coordinate(basis))
-      norm = tm.tree_norm(fresh)
-      fresh = tm.tree_scale(jnp.where(norm > 0, 1.0 / norm, 0.0), fresh)
-      # H v_j = sum_i T_ij v_i + residual, so T_{j+1,j} = <v_{j+1}, residual>: the
-      # (small) coupling keeps T = V^T H V exact. Flip the sign to keep it >= 0.
-      coupling = tm.tree_vdot(fresh, residual)
-      sign = jnp.where(coupling < 0, -1.0, 1.0).astype(acc)
-      return tm.tree_scale(sign, fresh), jnp.abs(coupling)
-
-    vector, beta = jax.lax.cond(beta <= tol * scale, restart, proceed)
-    return (basis, alphas.at[j].set(alpha.astype(acc)), betas.at[j].set(beta.astype(acc)),
-            vector, scale)
-
+  vector = tm.tree_scale(jax.lax.rsqrt(tm.tree_norm_sq(start)), start)
   zeros = jnp.zeros((num,), acc)
-  carry = (basis, zeros, zeros, vector, jnp.zeros((), acc))
-  basis, alphas, betas, _, _ = _loops.fori_loop(num, body, carry, unroll=unroll)
+  return _LanczosState(basis, zeros, zeros, vector, jnp.zeros((), acc))
+
+
+def _lanczos_step(loss_fn: LossFn, params, batch, j, state: _LanczosState) -> _LanczosState:
+  """Iteration j of Lanczos with full reorthogonalisation."""
+  acc = state.alphas.dtype
+  tol = math.sqrt(float(jnp.finfo(acc).eps))
+  basis = jax.tree.map(lambda rows, leaf: rows.at[j].set(leaf), state.basis, state.vector)
+  hv = _hvp(loss_fn, params, batch, state.vector)
+  alpha = tm.tree_vdot(state.vector, hv)
+  scale = jnp.maximum(state.scale, tm.tree_norm(hv))
+  # Rows past j are still zero, so projecting on the whole basis is projecting on the
+  # vectors built so far. (Slicing them off when unrolled makes every iteration a
+  # different shape, and XLA then compiles several times more slowly.)
+  residual = _orthogonalize(basis, hv)
+  beta = tm.tree_norm(residual)
+
+  def proceed():
+    return tm.tree_scale(1.0 / beta, residual), beta
+
+  def restart():
+    fresh = _orthogonalize(basis, _least_covered_coordinate(basis))
+    norm = tm.tree_norm(fresh)
+    fresh = tm.tree_scale(jnp.where(norm > 0, 1.0 / norm, 0.0), fresh)
+    # H v_j = sum_i T_ij v_i + residual, so T_{j+1,j} = <v_{j+1}, residual>: the
+    # (small) coupling keeps T = V^T H V exact. Flip the sign to keep it >= 0.
+    coupling = tm.tree_vdot(fresh, residual)
+    sign = jnp.where(coupling < 0, -1.0, 1.0).astype(acc)
+    return tm.tree_scale(sign, fresh), jnp.abs(coupling)
+
+  vector, beta = jax.lax.cond(beta <= tol * scale, restart, proceed)
+  return _LanczosState(basis, state.alphas.at[j].set(alpha.astype(acc)),
+                       state.betas.at[j].set(beta.astype(acc)), vector, scale)
+
+
+def _lanczos_init(static, operands) -> _LanczosState:
+  """From `init`, or from a Gaussian start drawn from `key`."""
+  _, num_iters, _ = static
+  params, _, key, init = operands
+  start = tm.tree_random_like(key, params) if init is None else init
+  return _lanczos_start(num_iters, params, start)
+
+
+def _lanczos_iteration(static, operands, j, state: _LanczosState) -> _LanczosState:
+  params, batch = operands[:2]
+  return _lanczos_step(static[0], params, batch, j, state)
+
+
+def _lanczos_finish(static, operands, state: _LanczosState) -> LanczosResult:
+  _, num_iters, top_k = static
   # The last beta couples to a direction outside the basis: not part of T.
-  return alphas, betas[:-1], basis
+  ritz_values, ritz_coeffs = _tridiagonal_eigh(state.alphas, state.betas[:-1])
+  vectors = None
+  if top_k:
+    vectors = _pad_leading(_ritz_vectors(ritz_coeffs[:, :top_k], state.basis), top_k)
+  alphas = _pad(state.alphas, num_iters, ritz_values[-1])
+  betas = _pad(state.betas[:-1], num_iters - 1, 0.0)
+  ritz_values = _pad(ritz_values, num_iters, ritz_values[-1])
+  return LanczosResult(alphas, betas, ritz_values, vectors)
+
+
+# static = (loss_fn, num_iters, number of Ritz vectors to return or 0).
+_LANCZOS = _loops.Algorithm(_lanczos_init, _lanczos_iteration, _lanczos_finish)
+
+
+def _probe_init(static, operands) -> _LanczosState:
+  """From the unit probe p, drawn from fold_in(key, p) as in `hessian_trace`."""
+  _, num_iters, probe = static
+  params, _, key, p = operands
+  return _lanczos_start(num_iters, params,
+                        tm.tree_random_like(jax.random.fold_in(key, p), params, probe))
+
+
+def _quadrature_rule(static, operands, state: _LanczosState):
+  """The probe's Gauss rule: (nodes, weights), padded with zero weights."""
+  _, num_iters, _ = static
+  ritz_values, ritz_coeffs = _tridiagonal_eigh(state.alphas, state.betas[:-1])
+  return (_pad(ritz_values, num_iters, ritz_values[-1]),
+          _pad(ritz_coeffs[0] ** 2, num_iters, 0.0))
+
+
+# static = (loss_fn, num_iters, probe kind); operands = (params, batch, key, p).
+_QUADRATURE_RULE = _loops.Algorithm(_probe_init, _lanczos_iteration, _quadrature_rule)
 
 
 def _least_covered_coordinate(basis):
