@@ -94,7 +94,7 @@ def platform(operands: Any) -> str:
   return jax.default_backend()
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=128)  # holds loss_fn: bounded
 def compiled(fn: Callable, static: Hashable, donate_carry: bool = False) -> Callable:
   """jax.jit(fn) with `static` bound first; with donate_carry, the last argument is donated.
 

@@ -26,7 +26,15 @@ def tree_axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
 
 
 def tree_vdot(x: PyTree, y: PyTree) -> jax.Array:
-  """Inner product <x, y>, accumulated in at least float32."""
+  """Inner product <x, y> of two pytrees of one structure, accumulated in at least float32.
+
+  Args:
+    x: a pytree of arrays.
+    y: a pytree of arrays with the same structure and shapes.
+
+  Returns:
+    A scalar: the sum over leaves of their elementwise products.
+  """
   parts = [jnp.vdot(a, b, preferred_element_type=_acc_dtype(a))
            for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
   return sum(parts[1:], parts[0])
@@ -37,6 +45,7 @@ def tree_norm_sq(x: PyTree) -> jax.Array:
 
 
 def tree_norm(x: PyTree) -> jax.Array:
+  """Euclidean norm of a pytree seen as one flat vector, accumulated in at least float32."""
   return jnp.sqrt(tree_norm_sq(x))
 
 
@@ -49,11 +58,19 @@ def tree_zeros_like(x: PyTree) -> PyTree:
 
 
 def tree_size(x: PyTree) -> int:
+  """Number of entries over all leaves (the dimension of the parameter space): a Python int."""
   return sum(leaf.size for leaf in jax.tree.leaves(x))
 
 
 def tree_random_like(key: jax.Array, x: PyTree, kind: str = "normal") -> PyTree:
-  """A random pytree shaped like `x`: 'normal' or 'rademacher' (+-1) entries."""
+  """A random pytree shaped like `x`: 'normal' or 'rademacher' (+-1) entries.
+
+  Args:
+    key: PRNG key; each leaf gets its own key split from it.
+    x: a pytree of arrays; the result has its structure, shapes and dtypes.
+    kind: 'normal' (standard Gaussian) or 'rademacher' (+1 or -1, each with
+      probability 1/2).
+  """
   leaves, treedef = jax.tree.flatten(x)
   keys = jax.random.split(key, len(leaves))
   if kind == "normal":

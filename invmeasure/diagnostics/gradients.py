@@ -30,21 +30,22 @@ class GradientStatsState(NamedTuple):
   """Running sums of the streaming form; build with `gradient_stats_init`."""
   count: jax.Array        # minibatches seen
   loss_mean: jax.Array    # running mean of the minibatch losses
-  grad_mean: object       # running mean gradient, a pytree like params
+  grad_mean: Params       # running mean gradient, a pytree like params
   sum_sq_dev: jax.Array   # S = sum_k ||g_k - mean||^2 (Welford)
 
 
 class GradientStats(NamedTuple):
+  """Loss, gradient and noise statistics of K minibatches (see the module doc)."""
   loss: jax.Array                    # mean minibatch loss
   grad_norm: jax.Array               # ||g_bar||
   noise_norm: jax.Array              # sqrt(S / K)
   grad_norm_sq_unbiased: jax.Array   # ||g_bar||^2 - S / (K (K - 1))
   noise_norm_sq_unbiased: jax.Array  # S / (K - 1)
-  mean_gradient: object              # g_bar, a pytree like params
+  mean_gradient: Params              # g_bar, a pytree like params
   num_minibatches: jax.Array         # K
 
 
-def gradient_stats_init(params) -> GradientStatsState:
+def gradient_stats_init(params: Params) -> GradientStatsState:
   """Empty statistics for gradients shaped like `params`."""
   _checks.check_params(params)
   acc = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
@@ -53,8 +54,8 @@ def gradient_stats_init(params) -> GradientStatsState:
 
 
 def gradient_stats_accumulate(state: GradientStatsState, loss: jax.Array,
-                              grad) -> GradientStatsState:
-  """Welford update with one minibatch's loss and gradient."""
+                              grad: Params) -> GradientStatsState:
+  """Welford update with one minibatch's loss and gradient (computed elsewhere)."""
   count = state.count + 1
   inv = 1.0 / count.astype(state.sum_sq_dev.dtype)
   delta = tm.tree_sub(grad, state.grad_mean)
@@ -65,8 +66,8 @@ def gradient_stats_accumulate(state: GradientStatsState, loss: jax.Array,
   return GradientStatsState(count, loss_mean, grad_mean, sum_sq_dev)
 
 
-def gradient_stats_update(loss_fn: Callable, state: GradientStatsState, params,
-                          batch) -> GradientStatsState:
+def gradient_stats_update(loss_fn: LossFn, state: GradientStatsState, params: Params,
+                          batch: Batch) -> GradientStatsState:
   """Differentiates `loss_fn` on one minibatch and folds it into `state`.
 
   Jit it (e.g. `jax.jit(functools.partial(gradient_stats_update, loss_fn))`) and call

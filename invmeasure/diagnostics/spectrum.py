@@ -46,13 +46,13 @@ class LanczosResult(NamedTuple):
   alphas: jax.Array       # [num_iters] diagonal of T
   betas: jax.Array        # [num_iters - 1] off-diagonal of T, >= 0
   ritz_values: jax.Array  # [num_iters] eigenvalues of T, sorted descending
-  ritz_vectors: object    # pytree like params with a leading axis top_k, or None
+  ritz_vectors: Params | None  # like params with a leading axis top_k, or None
 
 
 class HessianEigenpairs(NamedTuple):
   """The largest Hessian eigenvalues (descending) and, if asked, their eigenvectors."""
   eigenvalues: jax.Array  # [k]
-  eigenvectors: object    # unit pytree like params with a leading axis k, or None
+  eigenvectors: Params | None  # unit, like params with a leading axis k, or None
 
 
 class SpectralDensity(NamedTuple):
@@ -65,7 +65,8 @@ class SpectralDensity(NamedTuple):
   weights: jax.Array  # [num_probes, num_iters] squared first components, >= 0
 
 
-def hessian_trace(loss_fn: LossFn, params, batch, *, key: jax.Array, num_samples: int,
+def hessian_trace(loss_fn: LossFn, params: Params, batch: Batch, *, key: jax.Array,
+                  num_samples: int,
                   unroll: bool | None = None) -> TraceResult:
   """Hutchinson estimate of tr(H), the Hessian trace of the minibatch loss.
 
@@ -80,8 +81,8 @@ def hessian_trace(loss_fn: LossFn, params, batch, *, key: jax.Array, num_samples
     key: PRNG key for the probes.
     num_samples: number of probes (one Hessian-vector product each), >= 1. With a
       single probe the standard error is NaN.
-    unroll: unroll the probe loop into straight-line code (default: on CPU for at most
-      8 probes; XLA:CPU runs backward convolutions inside loops slowly).
+    unroll: how the probe loop runs (see `invmeasure.diagnostics` on loops); the
+      default is fast on every backend.
 
   Returns:
     `TraceResult` with the estimate and its standard error.
@@ -93,8 +94,8 @@ def hessian_trace(loss_fn: LossFn, params, batch, *, key: jax.Array, num_samples
                     unroll=unroll)
 
 
-def lanczos(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None, init=None,
-            num_iters: int, top_k: int = 1, return_vectors: bool = False,
+def lanczos(loss_fn: LossFn, params: Params, batch: Batch, *, key: jax.Array | None = None,
+            init: Params | None = None, num_iters: int, top_k: int = 1, return_vectors: bool = False,
             unroll: bool | None = None) -> LanczosResult:
   """Lanczos tridiagonalisation of the Hessian of the minibatch loss.
 
@@ -120,8 +121,8 @@ def lanczos(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None, ini
     num_iters: Hessian-vector products, the size m of T, >= 1.
     top_k: number of Ritz vectors (largest Ritz values first) to return.
     return_vectors: also return the top-k Ritz vectors (memory: top_k times params).
-    unroll: unroll the iterations into straight-line code (default: on CPU for at most
-      8 iterations; XLA:CPU runs backward convolutions inside loops slowly).
+    unroll: how the loop runs (see `invmeasure.diagnostics` on loops); the default is
+      fast on every backend.
 
   Returns:
     `LanczosResult`: T's coefficients, its eigenvalues (descending) and optionally the
@@ -141,7 +142,8 @@ def lanczos(loss_fn: LossFn, params, batch, *, key: jax.Array | None = None, ini
                     min(num_iters, tm.tree_size(params)), unroll=unroll)
 
 
-def top_hessian_eigenvalues(loss_fn: LossFn, params, batch, *, key: jax.Array, k: int,
+def top_hessian_eigenvalues(loss_fn: LossFn, params: Params, batch: Batch, *, key: jax.Array,
+                            k: int,
                             num_iters: int, return_vectors: bool = False,
                             unroll: bool | None = None) -> HessianEigenpairs:
   """The k largest (most positive) Hessian eigenvalues, by Lanczos.
@@ -169,7 +171,8 @@ def top_hessian_eigenvalues(loss_fn: LossFn, params, batch, *, key: jax.Array, k
   return HessianEigenpairs(result.ritz_values[:k], result.ritz_vectors)
 
 
-def spectral_density(loss_fn: LossFn, params, batch, *, key: jax.Array, num_probes: int,
+def spectral_density(loss_fn: LossFn, params: Params, batch: Batch, *, key: jax.Array,
+                     num_probes: int,
                      num_iters: int, probe: str = "rademacher",
                      unroll: bool | None = None) -> SpectralDensity:
   """Stochastic Lanczos quadrature of the Hessian's eigenvalue density.
@@ -191,8 +194,9 @@ def spectral_density(loss_fn: LossFn, params, batch, *, key: jax.Array, num_prob
       length; Rademacher ones all have norm sqrt(dim), so `slq_trace` is then unbiased,
       while with Gaussian ones it is a ratio estimate (consistent, slightly biased).
       Probe p is drawn as in `hessian_trace`, from `jax.random.fold_in(key, p)`.
-    unroll: unroll the loops into straight-line code (default: on CPU when probes times
-      iterations is at most 8; XLA:CPU runs backward convolutions inside loops slowly).
+    unroll: how the loops run (see `invmeasure.diagnostics` on loops); the default is
+      fast on every backend. Inside jax.jit on CPU, the default unrolls when probes
+      times iterations is at most 8.
   """
   _checks.check_params(params)
   _checks.check_scalar_loss(loss_fn, params, batch)

@@ -16,47 +16,61 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from invmeasure.diagnostics._types import PyTree
+
 
 class TimeAverageState(NamedTuple):
+  """Running sums of `time_average`; build with its `init`."""
   count: jax.Array           # updates seen
-  mean: object               # running mean of each observable
-  sum_sq_dev: object         # running sum of squared deviations from the mean (Welford)
-  window_sum: object         # sum over the current, incomplete window
-  window_means: object       # ring buffer, leading axis num_windows
+  mean: PyTree               # running mean of each observable
+  sum_sq_dev: PyTree         # running sum of squared deviations from the mean (Welford)
+  window_sum: PyTree         # sum over the current, incomplete window
+  window_means: PyTree       # ring buffer, leading axis num_windows
   num_windows_done: jax.Array
 
 
 class TimeAverageSummary(NamedTuple):
+  """What `summarize` returns: the time average and the windows that judge it."""
   count: jax.Array           # T, the number of observations
-  mean: object               # Birkhoff average (1/T) sum_t phi_t
-  variance: object           # variance of phi_t over the trajectory
-  window_means: object       # last complete windows, oldest first; NaN where none yet
+  mean: PyTree               # Birkhoff average (1/T) sum_t phi_t
+  variance: PyTree           # variance of phi_t over the trajectory
+  window_means: PyTree       # last complete windows, oldest first; NaN where none yet
   num_windows: jax.Array     # complete windows in `window_means`
-  window_stderr: object      # std of the window means / sqrt(their number)
-  window_drift: object       # newest window mean minus the mean of those before it
+  window_stderr: PyTree      # std of the window means / sqrt(their number)
+  window_drift: PyTree       # newest window mean minus the mean of those before it
 
 
 class TimeAverage(NamedTuple):
-  init: Callable
-  update: Callable
-  summarize: Callable
+  """The accumulator's three pure functions, as an optax `GradientTransformation` holds its."""
+  init: Callable[[PyTree], TimeAverageState]                     # init(example)
+  update: Callable[[TimeAverageState, PyTree], TimeAverageState]  # update(state, observables)
+  summarize: Callable[[TimeAverageState], TimeAverageSummary]     # summarize(state)
 
 
 def time_average(window: int, num_windows: int = 16) -> TimeAverage:
-  """Accumulator of time averages with windows of `window` steps, keeping `num_windows`."""
+  """Accumulator of time averages with windows of `window` steps, keeping `num_windows`.
+
+  Args:
+    window: updates per window, >= 1.
+    num_windows: complete windows kept (a ring buffer), >= 2.
+
+  Returns:
+    `TimeAverage(init, update, summarize)`: pure and jittable, over any pytree of
+    observables (e.g. `{"loss": loss, "weights": params}`).
+  """
   if window < 1 or num_windows < 2:
     raise ValueError(
         f"time_average needs window >= 1 and num_windows >= 2, got window={window}, "
         f"num_windows={num_windows}")
 
-  def init(example) -> TimeAverageState:
+  def init(example: PyTree) -> TimeAverageState:
     """State for observables shaped like `example` (a pytree of arrays)."""
     zeros = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), _acc_dtype(x)), example)
     ring = jax.tree.map(lambda z: jnp.zeros((num_windows,) + z.shape, z.dtype), zeros)
     zero_count = jnp.zeros((), jnp.int32)
     return TimeAverageState(zero_count, zeros, zeros, zeros, ring, zero_count)
 
-  def update(state: TimeAverageState, observables) -> TimeAverageState:
+  def update(state: TimeAverageState, observables: PyTree) -> TimeAverageState:
     """Folds in the observables of one more step."""
     count = state.count + 1
     obs = jax.tree.map(lambda x, m: jnp.asarray(x, m.dtype), observables, state.mean)
