@@ -55,4 +55,4 @@ def test_readme_example_runs_without_a_loop_warning(capsys):
     warnings.simplefilter("error", dg.CpuLoopWarning)
     exec(compile(code, "README.md", "exec"), {})
   printed = capsys.readouterr().out
-  assert len(printed.splitlines()) == 6 and "nan" not in printed.lower(), printed
+  assert len(printed.splitlines()) == 5 and "nan" not in printed.lower(), printed

@@ -11,11 +11,13 @@ import jax.numpy as jnp
 
 def check_params(params, name: str = "params") -> None:
   """Every leaf must be a floating-point array: derivatives need it."""
-  leaves = jax.tree_util.tree_leaves_with_path(params)
+  leaves = jax.tree.leaves(params)
   if not leaves:
     raise ValueError(f"{name} has no array leaves; pass the model's parameter pytree")
-  for path, leaf in leaves:
-    dtype = jnp.result_type(leaf)
+  if _all_floating(tuple(_dtype(leaf) for leaf in leaves)):
+    return
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    dtype = _dtype(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
           f"{name}{jax.tree_util.keystr(path)} has dtype {dtype}; diagnostics "
@@ -27,7 +29,7 @@ def check_params(params, name: str = "params") -> None:
 def check_scalar_loss(loss_fn: Callable, params, batch) -> None:
   """loss_fn(params, batch) must return a real scalar (checked without running it)."""
   leaves, treedef = jax.tree.flatten((params, batch))
-  specs = tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+  specs = tuple((jnp.shape(leaf), _dtype(leaf)) for leaf in leaves)
   out = _loss_output(loss_fn, treedef, specs)
   shape = getattr(out, "shape", None)
   if shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
@@ -35,6 +37,18 @@ def check_scalar_loss(loss_fn: Callable, params, batch) -> None:
         f"loss_fn(params, batch) must return a floating-point scalar, got "
         f"{type(out).__name__} with shape {shape} and dtype {getattr(out, 'dtype', None)}; "
         "reduce the per-example losses with a mean")
+
+
+# These checks run on every call: cached, they cost microseconds (jnp.result_type and
+# tracing loss_fn cost far more).
+def _dtype(leaf):
+  dtype = getattr(leaf, "dtype", None)
+  return dtype if dtype is not None else jnp.result_type(leaf)
+
+
+@functools.lru_cache(maxsize=256)
+def _all_floating(dtypes: tuple) -> bool:
+  return all(jnp.issubdtype(d, jnp.floating) for d in dtypes)
 
 
 @functools.lru_cache(maxsize=256)

@@ -115,7 +115,8 @@ def gradient_stats(loss_fn: LossFn, params: Params, batches: Batch, *,
         f"gradient_stats needs K >= 2 minibatches to estimate the noise, got K={k}; "
         "stack more minibatches on the leading axis")
   _checks.check_params(params)
-  _checks.check_scalar_loss(loss_fn, params, jax.tree.map(lambda b: b[0], batches))
+  one_batch = jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype), batches)
+  _checks.check_scalar_loss(loss_fn, params, one_batch)
   return _loops.run(_GRADIENT_STATS, loss_fn, (params, batches), k, unroll=unroll)
 
 
