@@ -18,9 +18,9 @@ from invmeasure import diagnostics as dg
 from invmeasure.diagnostics import _loops
 from tests import reference as ref
 
-# Lengths that are not multiples of the chunk: 9 = 4 + 4 + 1, 7 = 4 + 1 + 1 + 1.
+# Lengths driven in chunks of 3 (9 = 3 + 3 + 3), 1 (7) and 4 (8) steps.
 assert _loops.CHUNK == 4
-STEPS, SHORT = 9, 7
+STEPS, SHORT, EIGHT = 9, 7, 8
 
 
 def calls(loss_fn, params, batch, batches, key):
@@ -34,10 +34,10 @@ def calls(loss_fn, params, batch, batches, key):
                                                         num_iters=13, tol=5e-2, **kw),
       "hessian_trace": lambda **kw: dg.hessian_trace(loss_fn, params, batch, key=key,
                                                      num_samples=SHORT, **kw),
-      "lanczos": lambda **kw: dg.lanczos(loss_fn, params, batch, key=key, num_iters=STEPS,
+      "lanczos": lambda **kw: dg.lanczos(loss_fn, params, batch, key=key, num_iters=EIGHT,
                                          top_k=2, return_vectors=True, **kw),
       "spectral_density": lambda **kw: dg.spectral_density(
-          loss_fn, params, batch, key=key, num_probes=2, num_iters=SHORT, **kw),
+          loss_fn, params, batch, key=key, num_probes=2, num_iters=EIGHT, **kw),
       "hvp": lambda **kw: dg.hvp(loss_fn, params, batch, direction),
       "directional_sharpness": lambda **kw: dg.directional_sharpness(
           loss_fn, params, batch, direction),
@@ -147,6 +147,7 @@ def test_early_exit_stops_driving_chunks():
   jax.effects_barrier()
   assert bool(result.converged)
   # The forward pass runs once per HVP; chunks of 4 may run 3 masked steps past it.
+  assert 400 % _loops.CHUNK == 0
   assert len(hvps) <= int(result.num_iters) + _loops.CHUNK - 1 < 400
 
 

@@ -8,11 +8,12 @@ execute it:
 
 - Called with concrete arrays (outside `jax.jit`), every phase is compiled once and
   cached, keyed on the algorithm and its static settings (`loss_fn` among them); jit
-  adds shapes, dtypes and shardings. On CPU, Python drives compiled chunks of CHUNK
-  unrolled steps (straight-line code, which XLA:CPU lowers well) and one-step chunks for
-  the remainder: the run time per step is that of separate jitted calls or better
-  (benchmarks/peers.py) and the compile time does not grow with the length. On
-  accelerators one compiled call runs the whole loop as a `lax` loop.
+  adds shapes, dtypes and shardings. On CPU, Python drives compiled chunks of unrolled
+  steps (straight-line code, which XLA:CPU lowers well), as many per chunk as the
+  largest divisor of the length up to CHUNK, so one chunk program is compiled: the run
+  time per step is that of separate jitted calls or better (benchmarks/loop_driving.py)
+  and the compile time does not grow with the length. On accelerators one compiled call
+  runs the whole loop as a `lax` loop.
 - Traced (inside `jax.jit`), the phases are inlined: on CPU loops of at most
   MAX_INLINE_UNROLL steps unroll and longer ones run as `lax` loops with a warning
   (`CpuLoopWarning`); on accelerators loops are `lax` loops.
@@ -179,17 +180,17 @@ def _finish(spec: tuple, operands, carry):
 
 
 def _run_chunked(algorithm: Algorithm, static, operands, num_steps: int):
-  """Python drives compiled chunks of CHUNK steps, then one-step chunks, then finish."""
+  """Python drives compiled chunks of at most CHUNK steps between init and finish."""
   carry = compiled(_init, (algorithm, static))(operands)
   if not is_concrete(carry):  # called inside jax.jit with concrete operands only
     loop = "unroll" if resolve_unroll(None, num_steps) else "lax"
     return _run_inline((algorithm, static, num_steps, loop), operands)
   donate = _num_bytes(carry) >= DONATE_BYTES
-  start = 0
-  while start < num_steps:
-    size = CHUNK if num_steps - start >= CHUNK else 1
-    carry = compiled(_chunk, (algorithm, static, size), donate)(operands, start, carry)
-    start += size
+  # One chunk size per call, the largest that divides the length: one program to compile.
+  size = max(c for c in range(1, CHUNK + 1) if num_steps % c == 0)
+  chunk = compiled(_chunk, (algorithm, static, size), donate)
+  for start in range(0, num_steps, size):
+    carry = chunk(operands, start, carry)
     if algorithm.done is not None and bool(algorithm.done(static, carry)):
       break
   return compiled(_finish, (algorithm, static))(operands, carry)
