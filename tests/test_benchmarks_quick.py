@@ -42,10 +42,13 @@ def _run(module: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def results():
-  """Every script's finished process, started two at a time."""
+def results(request):
+  """Every selected script's finished process (all but those `-k` deselects), started two
+  at a time."""
+  selected = {item.callspec.params["module"] for item in request.session.items
+              if item.module is request.module}
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = {module: pool.submit(_run, module) for module in SCRIPTS}
+    futures = {module: pool.submit(_run, module) for module in SCRIPTS if module in selected}
     yield {module: future.result() for module, future in futures.items()}
 
 
