@@ -26,6 +26,10 @@ _ENV = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0 "
 SCRIPTS = {
     "benchmarks.train_step_vs_torch": "| model | batch | JAX step ms | PyTorch step ms |",
     "benchmarks.diagnostics_vs_torch": "| quantity | JAX ms | PyTorch ms | JAX/PyTorch | notes |",
+    "benchmarks.peers": ("| diagnostic | invmeasure ms | invmeasure first call s | PyHessian ms "
+                         "| eigenthings ms | invmeasure/PyHessian | invmeasure/eigenthings "
+                         "| HVPs invmeasure / PyHessian / eigenthings | invmeasure error "
+                         "| PyHessian error | eigenthings error | notes |"),
     "benchmarks.run_overhead": "| tracked at every step | ms per step | vs bare step |",
     "benchmarks.scaling": "| devices | step ms | step vs 1 device |",
     "benchmarks.memory": "| K | driver: minibatches per call | driver: temporaries |",
