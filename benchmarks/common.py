@@ -16,6 +16,7 @@ import time
 from typing import Callable, Iterable, Sequence
 
 import jax
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a file from a checkout that is not pip-installed
@@ -103,6 +104,32 @@ def ratio(a: float, b: float) -> str:
 
 def ms(x: float) -> str:
   return "n/a" if x != x else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
+
+
+def check_same_loss(jax_loss: float, torch_loss: float, atol: float) -> None:
+  """The two models must compute the same function, or the comparison means nothing."""
+  diff = abs(jax_loss - torch_loss)
+  print(f"loss check: JAX {jax_loss:.6f}, PyTorch {torch_loss:.6f}, |difference| {diff:.1e} "
+        f"(must be <= {atol:g})")
+  if diff > atol:
+    raise SystemExit("the Flax and PyTorch models disagree; the timings would be meaningless")
+
+
+def torch_conv_weight(kernel) -> np.ndarray:
+  """A Flax convolution kernel (HWIO) in PyTorch's layout (OIHW)."""
+  return np.asarray(kernel).transpose(3, 2, 0, 1)
+
+
+def copy_to_torch(parameters, values) -> None:
+  """Copy arrays, in order, into PyTorch parameters of the same shapes."""
+  import torch
+  parameters = list(parameters)
+  assert len(parameters) == len(values), (len(parameters), len(values))
+  with torch.no_grad():
+    for p, v in zip(parameters, values):
+      v = np.array(v, np.float32)  # a writable copy for torch.from_numpy
+      assert tuple(p.shape) == v.shape, (tuple(p.shape), v.shape)
+      p.copy_(torch.from_numpy(v))
 
 
 def end_line() -> str:

@@ -37,12 +37,10 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-try:
-  from invmeasure import diagnostics as dg
-except ImportError:  # run as a file from a checkout that is not pip-installed
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from invmeasure import diagnostics as dg
-from invmeasure.training import loop, state as state_lib, step as step_lib
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # noqa: E402  (after the path set-up for file runs)
+from invmeasure import diagnostics as dg  # noqa: E402
+from invmeasure.training import loop, state as state_lib, step as step_lib  # noqa: E402
 
 try:
   import torch
@@ -109,7 +107,7 @@ def torch_layout(tree, sizes: Sizes) -> list[np.ndarray]:
   out = []
   for i in range(len(sizes.widths)):
     conv = tree[f"Conv_{i}"]
-    out += [np.asarray(conv["kernel"]).transpose(3, 2, 0, 1), np.asarray(conv["bias"])]
+    out += [common.torch_conv_weight(conv["kernel"]), np.asarray(conv["bias"])]
   side = sizes.image // 2 ** len(sizes.widths)
   # Flax flattens (h, w, c), PyTorch (c, h, w): reorder the first dense layer's rows.
   first = np.asarray(tree["Dense_0"]["kernel"]).reshape(side, side, sizes.widths[-1], -1)
@@ -278,9 +276,7 @@ class TorchSide:
     sizes = pb.sizes
     self.model = torch_cnn(sizes)
     self.params = list(self.model.parameters())
-    with torch.no_grad():
-      for p, value in zip(self.params, torch_layout(pb.params, sizes)):
-        p.copy_(torch.from_numpy(value))
+    common.copy_to_torch(self.params, torch_layout(pb.params, sizes))
     images = np.asarray(pb.batches["image"]).transpose(0, 1, 4, 2, 3)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
@@ -483,15 +479,6 @@ def torch_values(side: TorchSide) -> dict[str, float]:
   return values
 
 
-def check_losses(jax_loss: float, torch_loss: float) -> None:
-  """The two models must compute the same function, or the comparison means nothing."""
-  diff = abs(jax_loss - torch_loss)
-  print(f"loss check: JAX {jax_loss:.6f}, PyTorch {torch_loss:.6f}, |difference| {diff:.1e} "
-        f"(must be <= {LOSS_ATOL:g})")
-  if diff > LOSS_ATOL:
-    raise SystemExit("the Flax and PyTorch models disagree; the timings would be meaningless")
-
-
 def describe(sizes: Sizes, num_params: int, args: argparse.Namespace, torch_on: bool) -> str:
   versions = f"jax {jax.__version__}, torch {torch.__version__ if torch else 'not installed'}"
   layout = "NHWC (channels_last)" if args.torch_channels_last else "NCHW"
@@ -539,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   jv = jax_values(calls, driver)
   tv = torch_values(side) if side else None
   if tv is not None:
-    check_losses(jv["loss"], tv["loss"])
+    common.check_same_loss(jv["loss"], tv["loss"], LOSS_ATOL)
   torch_calls = side.calls() if side else {}
   if side:
     num_directions = len(driver.directions)

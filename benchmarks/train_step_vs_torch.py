@@ -136,10 +136,6 @@ def _dense_rows_chw(kernel: np.ndarray, side: int, channels: int) -> np.ndarray:
   return k.reshape(-1, k.shape[-1]).T
 
 
-def _conv_weight(kernel: np.ndarray) -> np.ndarray:
-  return np.asarray(kernel).transpose(3, 2, 0, 1)  # HWIO -> OIHW
-
-
 def torch_small_cnn(config, params) -> "torch.nn.Module":
   """configs/quickstart.py's SmallCNN in PyTorch, with the Flax weights."""
   tnn = torch.nn
@@ -151,10 +147,10 @@ def torch_small_cnn(config, params) -> "torch.nn.Module":
   model = tnn.Sequential(*layers)
   values = []
   for i in range(len(widths)):
-    values += [_conv_weight(params[f"Conv_{i}"]["kernel"]), params[f"Conv_{i}"]["bias"]]
+    values += [common.torch_conv_weight(params[f"Conv_{i}"]["kernel"]), params[f"Conv_{i}"]["bias"]]
   values += [_dense_rows_chw(np.asarray(params["Dense_0"]["kernel"]), side, channels),
              params["Dense_0"]["bias"]]
-  _copy(model.parameters(), values)
+  common.copy_to_torch(model.parameters(), values)
   return model
 
 
@@ -185,37 +181,28 @@ def torch_resnet18_cifar(config, variables) -> "torch.nn.Module":
   width = int(config.model.width)
   params = variables["params"]
   stem = [tnn.Conv2d(3, width, 3, 1, 1, bias=False), tnn.BatchNorm2d(width), tnn.ReLU()]
-  values = [_conv_weight(params["conv1"]["kernel"]), *_bn(params["bn1"])]
+  values = [common.torch_conv_weight(params["conv1"]["kernel"]), *_bn(params["bn1"])]
   blocks, cin = [], width
   for stage in range(4):
     for index in range(2):
       cout, stride = width * 2 ** stage, 2 if stage > 0 and index == 0 else 1
       blocks.append(_Block(cin, cout, stride))
       p = params[f"layer{stage + 1}_{index}"]
-      values += [_conv_weight(p["conv1"]["kernel"]), *_bn(p["bn1"]),
-                 _conv_weight(p["conv2"]["kernel"]), *_bn(p["bn2"])]
+      values += [common.torch_conv_weight(p["conv1"]["kernel"]), *_bn(p["bn1"]),
+                 common.torch_conv_weight(p["conv2"]["kernel"]), *_bn(p["bn2"])]
       if "downsample_conv" in p:
-        values += [_conv_weight(p["downsample_conv"]["kernel"]), *_bn(p["downsample_bn"])]
+        values += [common.torch_conv_weight(p["downsample_conv"]["kernel"]),
+                   *_bn(p["downsample_bn"])]
       cin = cout
   head = tnn.Linear(cin, config.num_classes)
   values += [np.asarray(params["fc"]["kernel"]).T, params["fc"]["bias"]]
   model = tnn.Sequential(*stem, *blocks, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), head)
-  _copy(model.parameters(), values)
+  common.copy_to_torch(model.parameters(), values)
   return model
 
 
 def _bn(p) -> list:
   return [p["scale"], p["bias"]]
-
-
-def _copy(parameters, values) -> None:
-  parameters = list(parameters)
-  assert len(parameters) == len(values), (len(parameters), len(values))
-  with torch.no_grad():
-    for p, v in zip(parameters, values):
-      v = np.array(v, np.float32)
-      assert tuple(p.shape) == v.shape, (tuple(p.shape), v.shape)
-      p.copy_(torch.from_numpy(v))
 
 
 class TorchStep:

@@ -26,6 +26,10 @@ _ENV = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0 "
 SCRIPTS = {
     "benchmarks.train_step_vs_torch": "| model | batch | JAX step ms | PyTorch step ms |",
     "benchmarks.diagnostics_vs_torch": "| quantity | JAX ms | PyTorch ms | JAX/PyTorch | notes |",
+    "benchmarks.peers": ("| diagnostic | invmeasure ms | invmeasure first call s | PyHessian ms "
+                         "| eigenthings ms | invmeasure/PyHessian | invmeasure/eigenthings "
+                         "| HVPs invmeasure / PyHessian / eigenthings | invmeasure error "
+                         "| PyHessian error | eigenthings error | notes |"),
     "benchmarks.run_overhead": "| tracked at every step | ms per step | vs bare step |",
     "benchmarks.scaling": "| devices | step ms | step vs 1 device |",
     "benchmarks.memory": "| K | driver: minibatches per call | driver: temporaries |",
@@ -42,10 +46,13 @@ def _run(module: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def results():
-  """Every script's finished process, started two at a time."""
+def results(request):
+  """Every selected script's finished process (all but those `-k` deselects), started two
+  at a time."""
+  selected = {item.callspec.params["module"] for item in request.session.items
+              if item.module is request.module}
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = {module: pool.submit(_run, module) for module in SCRIPTS}
+    futures = {module: pool.submit(_run, module) for module in SCRIPTS if module in selected}
     yield {module: future.result() for module, future in futures.items()}
 
 
