@@ -3,8 +3,8 @@
 Prints a table: K minibatch gradients of a small CNN computed as K separate jitted calls,
 Python-unrolled in one jit, in `lax.scan` and in `lax.scan(unroll=2)`; then one
 convolution's weight gradient (and, for contrast, its forward pass) plain and inside
-`lax.cond`. This is the measurement behind `invmeasure.diagnostics._loops`, which unrolls
-bounded loops on CPU.
+`lax.cond`. This is the measurement behind `invmeasure.diagnostics._loops`, which on CPU
+drives unrolled chunks from Python rather than run `lax` loops.
 
     python -m benchmarks.loop_lowering           # full sizes, a few minutes on 2 cores
     python -m benchmarks.loop_lowering --quick   # tiny sizes, one repetition (CI)

@@ -35,6 +35,7 @@ SCRIPTS = {
     "benchmarks.memory": "| K | driver: minibatches per call | driver: temporaries |",
     "benchmarks.input_pipeline": "| config | batch | device-resident ms/step |",
     "benchmarks.loop_lowering": "| variant | median ms | vs (a) |",
+    "benchmarks.loop_driving": "| model | function | n | first call s | ms per unit |",
     "benchmarks.per_step": "| model | tracked at every step | ms per step | vs bare step |",
     "benchmarks.accelerator": "| program | global batch | throughput | FLOP rate |",
 }

@@ -77,8 +77,11 @@ def run(algorithm: Algorithm, static: Hashable, operands: Any, num_steps: int, *
 
 
 def call(fn: Callable, static: Hashable, operands: Any) -> Any:
-  """fn(static, operands), compiled and cached (traced, it is inlined into the caller)."""
-  return compiled(fn, static)(operands)
+  """fn(static, operands): compiled and cached when the operands are concrete."""
+  if is_concrete(operands):
+    return compiled(fn, static)(operands)
+  # Traced, inline: a cache entry would keep `static`'s closure (and its tracers) alive.
+  return fn(static, operands)
 
 
 def is_concrete(operands: Any) -> bool:
