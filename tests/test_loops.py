@@ -175,3 +175,22 @@ def test_sharded_inputs_stay_sharded_and_give_the_same_numbers():
   for vector in (got["stats"].mean_gradient, got["top"].eigenvector):
     for leaf, param in zip(jax.tree.leaves(vector), jax.tree.leaves(s_params)):
       assert leaf.sharding.is_equivalent_to(param.sharding, leaf.ndim), leaf.sharding
+
+
+def test_an_unhashable_loss_fn_still_works():
+  loss_fn, params, batch = ref.conv_problem(0)
+
+  class Loss:  # defines __eq__ without __hash__: unhashable, like an eqx/dataclass module
+    def __eq__(self, other):
+      return isinstance(other, Loss)
+
+    __hash__ = None
+
+    def __call__(self, p, b):
+      return loss_fn(p, b)
+
+  with pytest.raises(TypeError):
+    hash(Loss())
+  got = dg.hessian_trace(Loss(), params, batch, key=jax.random.key(0), num_samples=4)
+  want = dg.hessian_trace(loss_fn, params, batch, key=jax.random.key(0), num_samples=4)
+  np.testing.assert_allclose(got.estimate, want.estimate, rtol=1e-6)

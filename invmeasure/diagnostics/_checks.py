@@ -30,7 +30,10 @@ def check_scalar_loss(loss_fn: Callable, params, batch) -> None:
   """loss_fn(params, batch) must return a real scalar (checked without running it)."""
   leaves, treedef = jax.tree.flatten((params, batch))
   specs = tuple((jnp.shape(leaf), _dtype(leaf)) for leaf in leaves)
-  out = _loss_output(loss_fn, treedef, specs)
+  try:
+    out = _loss_output(loss_fn, treedef, specs)
+  except TypeError:  # an unhashable loss_fn: trace it every time
+    out = _loss_output.__wrapped__(loss_fn, treedef, specs)
   shape = getattr(out, "shape", None)
   if shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
     raise ValueError(

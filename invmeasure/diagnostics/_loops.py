@@ -98,13 +98,26 @@ def platform(operands: Any) -> str:
   return jax.default_backend()
 
 
-@functools.lru_cache(maxsize=128)  # holds loss_fn: bounded
 def compiled(fn: Callable, static: Hashable, donate_carry: bool = False) -> Callable:
   """jax.jit(fn) with `static` bound first; with donate_carry, the last argument is donated.
 
   Cached on (fn, static), so a second call with the same settings and shapes does not
-  recompile. `static` holds `loss_fn`: pass the same function object each time.
+  recompile. `static` holds `loss_fn`: pass the same function object each time. An
+  unhashable `loss_fn` (say, a callable object holding arrays) still works, compiled anew
+  on every call.
   """
+  try:
+    return _compiled_cached(fn, static, donate_carry)
+  except TypeError:  # unhashable static
+    return _jit(fn, static, donate_carry)
+
+
+@functools.lru_cache(maxsize=128)  # holds loss_fn: bounded
+def _compiled_cached(fn: Callable, static: Hashable, donate_carry: bool) -> Callable:
+  return _jit(fn, static, donate_carry)
+
+
+def _jit(fn: Callable, static, donate_carry: bool) -> Callable:
   bound = functools.partial(fn, static)
   if donate_carry:
     return jax.jit(bound, donate_argnums=2)
