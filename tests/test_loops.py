@@ -1,12 +1,10 @@
 """Called with concrete arrays, the diagnostics compile their own steps and drive them.
 
 The results must equal those of the same function traced under jax.jit with `lax` loops,
-a second call with the same shapes must compile nothing, long loops must not warn, and
-sharded inputs must stay sharded.
+a second call with the same shapes must compile nothing, and sharded inputs must stay
+sharded. (That long loops do not warn is tested on the README's example, tests/test_api.py.)
 """
 
-import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -86,8 +84,7 @@ def test_driven_from_python_equals_traced_lax_loops(name, seed):
     loop = {} if name in LOOPLESS else {"unroll": False}
     traced = jax.jit(lambda: fns[name](**loop))()
     assert_trees_close(concrete, traced, rtol=1e-10, atol=1e-12)
-    if name not in LOOPLESS:
-      assert_trees_close(fns[name](unroll=True), traced, rtol=1e-10, atol=1e-12)
+    if name not in LOOPLESS:  # one compiled lax loop: what accelerators run
       assert_trees_close(fns[name](unroll=False), traced, rtol=1e-10, atol=1e-12)
 
 
@@ -114,21 +111,6 @@ def test_a_second_call_with_new_values_compiles_nothing(seed):
   finally:
     COUNTER.active = False
   assert COUNTER.count == 0
-
-
-def test_long_loops_on_concrete_arrays_do_not_warn():
-  loss_fn, params, batch = ref.conv_problem(0, batch=128)
-  key = jax.random.key(0)
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")  # a CpuLoopWarning would fail the test
-    stats = dg.gradient_stats(loss_fn, params, stacked(batch, 64))
-    top = dg.sharpness(loss_fn, params, batch, key=key, num_iters=100)
-    trace = dg.hessian_trace(loss_fn, params, batch, key=key, num_samples=100)
-    eigs = dg.top_hessian_eigenvalues(loss_fn, params, batch, key=key, k=3, num_iters=100)
-    density = dg.spectral_density(loss_fn, params, batch, key=key, num_probes=2, num_iters=50)
-  assert int(stats.num_minibatches) == 64
-  assert np.isfinite([float(top.eigenvalue), float(trace.estimate)]).all()
-  assert eigs.eigenvalues.shape == (3,) and density.nodes.shape == (2, 50)
 
 
 def test_long_loops_inside_jit_on_cpu_still_warn():
