@@ -5,7 +5,6 @@ a second call with the same shapes must compile nothing, and sharded inputs must
 sharded. (That long loops do not warn is tested on the README's example, tests/test_api.py.)
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
