@@ -14,13 +14,14 @@ import sys
 
 import pytest
 
+from tests.driver import FAST_CODEGEN
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Quick runs time nothing worth keeping, so skip XLA's slow backend optimisations: this
 # halves their (compile-dominated) run time. It also drops the test session's simulated
 # devices, which the scripts do not use (scaling.py sets its own per child).
-_ENV = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0 "
-                                   "--xla_llvm_disable_expensive_passes=true"}
+_ENV = {**os.environ, "XLA_FLAGS": FAST_CODEGEN}
 
 # Each script and a line of the table it prints; the slowest first.
 SCRIPTS = {

@@ -7,18 +7,17 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.driver import FAST_CODEGEN, REPO
 
 
 # LLVM's code generation at full optimisation is a quarter of a full-size dry run's time,
-# and the report (parameters, FLOPs, buffer sizes) comes from XLA's HLO, which these
-# flags leave alone: the ResNet-101 report is the same line for line, 139 s -> 106 s.
-_FAST_CODEGEN = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# and the report (parameters, FLOPs, buffer sizes) comes from XLA's HLO, which
+# FAST_CODEGEN leaves alone: the ResNet-101 report is the same line for line, 139 s -> 106 s.
 
 
 def dry_run(config, *overrides, devices=8):
   env = {**os.environ,
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {_FAST_CODEGEN}"}
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_CODEGEN}"}
   result = subprocess.run(
       [sys.executable, "-m", "experiments.run", f"--config={config}", "--workdir=/nonexistent",
        "--dry_run", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
