@@ -69,6 +69,17 @@ def assert_same_params(a, b):
     assert np.array_equal(np.asarray(x), np.asarray(y)), name
 
 
+def assert_same_run(workdir, reference, final_step):
+  """The run in `workdir` wrote exactly what `reference` did: rows, projection rows, and
+  its last checkpoint (at `final_step` in both) bit for bit."""
+  assert rows(workdir) == rows(reference)
+  assert projection_rows(workdir) == projection_rows(reference)
+  step, params = final_params(workdir)
+  ref_step, ref_params = final_params(reference)
+  assert step == ref_step == final_step
+  assert_same_params(params, ref_params)
+
+
 def assert_rows_close(a, b, rtol=2e-4):
   assert [r["step"] for r in a] == [r["step"] for r in b]
   for ra, rb in zip(a, b):

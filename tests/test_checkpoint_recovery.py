@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from invmeasure.training import checkpoints, state as state_lib
-from tests.driver import (REPO, assert_same_params, final_params, projection_rows, rows,
-                          run)
+from tests.driver import REPO, assert_same_params, assert_same_run, run
 
 SHORT = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=20",
          "--config.diagnostics.every_steps=10"]
@@ -75,11 +74,7 @@ def test_an_unreadable_newest_checkpoint_is_set_aside_and_the_run_goes_on(
   # Moved aside, not deleted; the rows after step 40 were dropped and written again.
   moved = os.path.join(workdir, "checkpoints", "60" + checkpoints.UNREADABLE_SUFFIX)
   assert os.path.isdir(moved) and _files(moved)
-  assert rows(workdir) == rows(reference)
-  assert projection_rows(workdir) == projection_rows(reference)
-  step, params = final_params(workdir)
-  assert step == 60
-  assert_same_params(params, final_params(reference)[1])
+  assert_same_run(workdir, reference, 60)
 
 
 def test_when_no_checkpoint_can_be_read_one_line_says_how_to_start_over(reference, tmp_path):

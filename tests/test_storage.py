@@ -14,7 +14,7 @@ import pytest
 from invmeasure.analysis import figures
 from invmeasure.training import metric_writer, storage, synthetic_1d
 from invmeasure.training.errors import ConfigError
-from tests.driver import REPO, assert_same_params, final_params, projection_rows, rows, run
+from tests.driver import REPO, assert_same_run, rows, run
 
 import configs.synthetic_1d
 
@@ -156,12 +156,7 @@ def test_a_gs_run_resumes_exactly_after_a_kill(fake_gcs, tmp_path):
   assert process.returncode == 0, stderr[-3000:]
   assert f"Finished {BUCKET_RUN}:" in stdout
   assert re.search(r"\b(20|40)/60\b", stderr.split("\r")[0]), "resumed from a checkpoint"
-  assert rows(local) == rows(reference)
-  assert projection_rows(local) == projection_rows(reference)
-  step, params = final_params(local)
-  ref_step, ref_params = final_params(reference)
-  assert step == ref_step == 60
-  assert_same_params(params, ref_params)
+  assert_same_run(local, reference, 60)
   assert sorted(os.listdir(os.path.join(local, "figures"))) == sorted(
       os.listdir(os.path.join(reference, "figures")))
   events = [os.path.join(local, "tensorboard", name)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.driver import (REPO, assert_rows_close, assert_same_params, command, final_params,
+from tests.driver import (REPO, assert_rows_close, assert_same_run, command, final_params,
                           flatten, kill_when, projection_rows, rows, run)
 
 # A run long enough to be killed in the middle: 120 steps, rows every 2 steps.
@@ -61,12 +61,7 @@ def test_sigkill_at_any_moment_then_resume_gives_identical_rows_and_weights(refe
                                stderr=subprocess.DEVNULL)
     kill_when(process, workdir, int(min_step))
   run(workdir, *LONG)
-  assert rows(workdir) == rows(reference)
-  assert projection_rows(workdir) == projection_rows(reference)
-  step, params = final_params(workdir)
-  ref_step, ref_params = final_params(reference)
-  assert step == ref_step == 120
-  assert_same_params(params, ref_params)
+  assert_same_run(workdir, reference, 120)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_continues(reference, tmp_path):
