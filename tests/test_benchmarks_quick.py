@@ -37,6 +37,7 @@ SCRIPTS = {
     "benchmarks.input_pipeline": "| config | batch | device-resident ms/step |",
     "benchmarks.loop_lowering": "| variant | median ms | vs (a) |",
     "benchmarks.loop_driving": "| model | function | n | first call s | ms per unit |",
+    "benchmarks.loop_choices": "| choice | variant | ms | compile s | notes |",
     "benchmarks.per_step": "| model | tracked at every step | ms per step | vs bare step |",
     "benchmarks.accelerator": "| program | global batch | throughput | FLOP rate |",
 }

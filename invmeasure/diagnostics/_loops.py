@@ -35,13 +35,10 @@ import jax
 import jax.numpy as jnp
 
 # Steps per compiled call when Python drives a loop on CPU: on a 1.4k-parameter CNN a
-# chunk of 4 runs a Hessian-vector product 1.4x faster than a chunk of 1, and 8 is no
-# faster (XLA schedules long unrolled bodies worse) while compiling twice as long.
+# chunk of 4 runs a Hessian-vector product 1.45-1.5x faster than a chunk of 1; 8 is
+# slower for independent steps and 5% faster for dependent ones, and compiles 1.2-1.6x
+# as long (benchmarks/loop_choices.py).
 CHUNK = 4
-# A carry this large (a Lanczos basis) is donated to each chunk, updated in place rather
-# than copied. A smaller one is not: on CPU a donating call waits for the buffer's last
-# use, which cost 0.3 ms per call (5x a plain call) where a chunk takes well under 1 ms.
-DONATE_BYTES = 4 << 20
 # Longest loop unrolled by default inside a trace on CPU (compile time grows with it).
 MAX_INLINE_UNROLL = 8
 
@@ -201,16 +198,12 @@ def _run_chunked(algorithm: Algorithm, static, operands, num_steps: int):
   if not is_concrete(carry):  # called inside jax.jit with concrete operands only
     loop = "unroll" if resolve_unroll(None, num_steps) else "lax"
     return _run_inline((algorithm, static, num_steps, loop), operands)
-  donate = _num_bytes(carry) >= DONATE_BYTES
   # One chunk size per call, the largest that divides the length: one program to compile.
   size = max(c for c in range(1, CHUNK + 1) if num_steps % c == 0)
-  chunk = compiled(_chunk, (algorithm, static, size), donate)
+  # The carry is donated: a Lanczos basis is updated in place, not copied per chunk.
+  chunk = compiled(_chunk, (algorithm, static, size), True)
   for start in range(0, num_steps, size):
     carry = chunk(operands, start, carry)
     if algorithm.done is not None and bool(algorithm.done(static, carry)):
       break
   return compiled(_finish, (algorithm, static))(operands, carry)
-
-
-def _num_bytes(tree) -> int:
-  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))

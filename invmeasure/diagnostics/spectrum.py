@@ -416,8 +416,8 @@ def _orthogonalize(basis, x):
 
 def _row_dots(basis, x) -> jax.Array:
   """[<basis[i], x> for every row i], accumulated in at least float32."""
-  # Matrix-vector products: on XLA:CPU 7-28x faster than multiplying and reducing
-  # (benchmarks/loop_driving.py's Lanczos rows), and chunks keep their number small.
+  # Matrix-vector products: on XLA:CPU 9-44x faster than multiplying and reducing
+  # (benchmarks/loop_choices.py), and chunks keep their number small.
   def dots(rows, leaf):
     acc = jnp.promote_types(leaf.dtype, jnp.float32)
     return jnp.dot(rows.reshape(rows.shape[0], -1), leaf.reshape(-1),
