@@ -52,7 +52,10 @@ from typing import NamedTuple
 
 import ml_collections
 
+import ctypes
 import multiprocessing
+import signal
+import sys
 from concurrent import futures
 
 from configs import digits_interpolation, quickstart, synthetic_1d as synthetic_config
@@ -66,6 +69,7 @@ MEASURE_RUN = "lr_0.1"  # the run whose checkpoints sample the empirical measure
 # The Transformer arm's constant learning rates, largest first (AdamW).
 TEXT_LRS = (1e-2, 3e-3)
 TEXT_COSINE = "text_cosine"
+_PR_SET_PDEATHSIG = 1  # prctl option: a signal for this process when its parent dies
 # Where the 1-D example's claim (which has no seeds) stands in the report.
 SYNTHETIC_POSITION = 8
 
@@ -193,10 +197,14 @@ def synthetic_config_for(suite: Suite) -> ml_collections.ConfigDict:
   return config
 
 
-def _pin_to_core(cores) -> None:
+def _start_worker(cores) -> None:
   """A worker process's initialiser: run on one core of its own (XLA sizes its thread
-  pool from the affinity), so that parallel runs do not oversubscribe the machine."""
+  pool from the affinity), so that parallel runs do not oversubscribe the machine; and on
+  Linux get SIGTERM when the parent dies, so a killed report leaves no orphan writing to a
+  run (a run checkpoints on SIGTERM and the next report resumes it)."""
   os.sched_setaffinity(0, {cores.get()})
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run_all(suite: Suite, workdir: str, log=print,
@@ -230,7 +238,7 @@ def run_all(suite: Suite, workdir: str, log=print,
   for core in sorted(os.sched_getaffinity(0))[:jobs]:
     cores.put(core)
   with futures.ProcessPoolExecutor(min(jobs, len(os.sched_getaffinity(0))),
-                                   mp_context=context, initializer=_pin_to_core,
+                                   mp_context=context, initializer=_start_worker,
                                    initargs=(cores,)) as pool:
     pending = {pool.submit(replicates.train_seed, config, os.path.join(runs_dir, name),
                            seed): (name, seed) for name, config, seed in work}
