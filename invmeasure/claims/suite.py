@@ -52,10 +52,8 @@ from typing import NamedTuple
 
 import ml_collections
 
-import ctypes
 import multiprocessing
-import signal
-import sys
+import threading
 from concurrent import futures
 
 from configs import digits_interpolation, quickstart, synthetic_1d as synthetic_config
@@ -69,7 +67,6 @@ MEASURE_RUN = "lr_0.1"  # the run whose checkpoints sample the empirical measure
 # The Transformer arm's constant learning rates, largest first (AdamW).
 TEXT_LRS = (1e-2, 3e-3)
 TEXT_COSINE = "text_cosine"
-_PR_SET_PDEATHSIG = 1  # prctl option: a signal for this process when its parent dies
 # Where the 1-D example's claim (which has no seeds) stands in the report.
 SYNTHETIC_POSITION = 8
 
@@ -199,12 +196,17 @@ def synthetic_config_for(suite: Suite) -> ml_collections.ConfigDict:
 
 def _start_worker(cores) -> None:
   """A worker process's initialiser: run on one core of its own (XLA sizes its thread
-  pool from the affinity), so that parallel runs do not oversubscribe the machine; and on
-  Linux get SIGTERM when the parent dies, so a killed report leaves no orphan writing to a
-  run (a run checkpoints on SIGTERM and the next report resumes it)."""
+  pool from the affinity), so that parallel runs do not oversubscribe the machine; and
+  exit as soon as the report's process is gone, so a killed report leaves no orphan
+  writing to a run (the next report resumes each run from its last checkpoint)."""
   os.sched_setaffinity(0, {cores.get()})
-  if sys.platform.startswith("linux"):
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+  parent = multiprocessing.parent_process()
+
+  def exit_with_parent() -> None:
+    parent.join()  # returns when the parent's end of its sentinel pipe closes
+    os._exit(1)
+
+  threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
 def run_all(suite: Suite, workdir: str, log=print,
