@@ -15,7 +15,7 @@ from absl import flags
 from absl import logging
 
 from invmeasure.claims import pipeline
-from invmeasure.training.errors import ConfigError, TrainingError
+from invmeasure.errors import ConfigError, TrainingError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the runs and the report.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Tiny runs (seconds each): a smoke test of the '

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 
 from invmeasure.analysis import regime, runs
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_multi_string(
     'workdir', None, 'A run directory, or one holding seed_<s> run directories.')

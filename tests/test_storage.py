@@ -13,7 +13,7 @@ import pytest
 
 from invmeasure.analysis import figures
 from invmeasure.training import metric_writer, storage, synthetic_1d
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 from tests.driver import REPO, assert_same_run, rows, run
 
 import configs.synthetic_1d

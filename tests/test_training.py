@@ -183,7 +183,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, expected):
   from invmeasure.training import loop
-  from invmeasure.training.errors import ConfigError
+  from invmeasure.errors import ConfigError
   import configs.quickstart as quickstart
   config = quickstart.get_config("tiny")
   field, value = override[len("--config."):].split("=")

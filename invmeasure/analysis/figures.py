@@ -32,7 +32,7 @@ from matplotlib.lines import Line2D
 from invmeasure.analysis import runs as runs_lib
 from invmeasure.analysis.runs import Run
 from invmeasure.training import storage
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 TRAINING_DYNAMICS = "training_dynamics.png"
 MOVING_AVERAGE = "moving_average_vs_last_iterate.png"
@@ -288,3 +288,15 @@ def write_figures(workdirs: Sequence[str], out_dir: str) -> list[str]:
   paths.append(_draw_figure(groups, labels, colors, WEIGHTS_PANELS,
                             os.path.join(out_dir, WEIGHTS), _title(runs, "Weights")))
   return paths
+
+
+def draw_run(workdir: str) -> list[str]:
+  """The figures of the run in `workdir`, into its `figures/` (what experiments.run draws
+  when a run ends)."""
+  return write_figures([workdir], os.path.join(workdir, "figures"))
+
+
+def draw_seeds(workdir: str, seeds: Sequence[int]) -> list[str]:
+  """The seeds' mean with a band, from `workdir/seed_<s>`, into `workdir/figures`."""
+  return write_figures([os.path.join(workdir, f"seed_{seed}") for seed in seeds],
+                       os.path.join(workdir, "figures"))

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from invmeasure.training import metric_writer, storage
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

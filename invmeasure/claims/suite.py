@@ -30,6 +30,7 @@ from typing import NamedTuple
 import ml_collections
 
 from configs import digits_interpolation, quickstart, synthetic_1d as synthetic_config
+from invmeasure.analysis import figures, synthetic_figures
 from invmeasure.data import batching, sources
 from invmeasure.training import replicates, synthetic_1d
 
@@ -155,7 +156,8 @@ def run_all(suite: Suite, workdir: str, log=print) -> tuple[str, dict[str, dict[
   runs_dir = os.path.join(workdir, "runs")
   synthetic_dir = os.path.join(runs_dir, "synthetic_1d")
   log("synthetic_1d")
-  synthetic_1d.run(synthetic_config_for(suite), synthetic_dir)
+  config = synthetic_config_for(suite)
+  synthetic_figures.draw_run(synthetic_dir, synthetic_1d.run(config, synthetic_dir), config)
   workdirs: dict[str, dict[int, str]] = {}
   for name, config in training_configs(suite).items():
     workdirs[name] = {}
@@ -163,4 +165,5 @@ def run_all(suite: Suite, workdir: str, log=print) -> tuple[str, dict[str, dict[
       log(f"{name}, seed {seed}")
       replicates.train_seed(config, os.path.join(runs_dir, name), seed)
       workdirs[name][seed] = replicates.seed_workdir(os.path.join(runs_dir, name), seed)
+      figures.draw_run(workdirs[name][seed])
   return synthetic_dir, workdirs

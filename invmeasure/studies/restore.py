@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from invmeasure.training import checkpoints, loop
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 from invmeasure.training.state import RunState
 
 
