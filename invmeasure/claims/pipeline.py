@@ -9,7 +9,7 @@ import time
 
 from invmeasure.analysis import figures, invariant_figures, runs
 from invmeasure.claims import evidence, report, suite as suite_lib
-from invmeasure.training import config_checks, metric_writer
+from invmeasure.training import config_checks, metric_writer, storage
 
 
 def _log(message: str) -> None:
@@ -51,7 +51,7 @@ def write_report(workdir: str, quick: bool = False) -> str:
   config_checks.check_workdir(workdir)
   started = time.time()
   suite = suite_lib.quick() if quick else suite_lib.full()
-  os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+  storage.makedirs(os.path.join(workdir, "figures"))
   synthetic_dir, workdirs = suite_lib.run_all(suite, workdir,
                                               log=lambda name: _log(f"run {name}"))
   trained = time.time()
@@ -68,7 +68,7 @@ def write_report(workdir: str, quick: bool = False) -> str:
   per_seed = []
   for seed in suite.seeds:
     _log(f"claims of seed {seed} (with its fixed-weight studies)")
-    os.makedirs(fig(f"seed_{seed}"), exist_ok=True)
+    storage.makedirs(fig(f"seed_{seed}"))
     paths = {name: by_seed[seed] for name, by_seed in workdirs.items()}
     per_seed.append(_seed_claims(suite, paths, dynamics, lr_figure, fig(f"seed_{seed}"), rel))
   claims = [report.combine(suite.seeds, same) for same in zip(*per_seed)]

@@ -90,8 +90,8 @@ def check(workdir: str, config: ml_collections.ConfigDict,
   """The changes of `config` against the run recorded in `workdir` ({} for a new run).
 
   Raises:
-    ConfigError: one line naming every differing field outside `MAY_CHANGE`, with its old
-      and new values, unless `accept`.
+    ConfigError: unless `accept`, when a field outside `MAY_CHANGE` differs: one line
+      naming every differing field with its old and new values.
   """
   recorded = read_config(workdir)
   if recorded is None:
@@ -99,7 +99,10 @@ def check(workdir: str, config: ml_collections.ConfigDict,
   changes = differences(recorded, as_json(config))
   refused = {k: v for k, v in changes.items() if k not in MAY_CHANGE}
   if refused and not accept:
-    listed = "; ".join(f"{k}: {_show(old)} -> {_show(new)}" for k, (old, new) in refused.items())
+    show = lambda fields: "; ".join(f"{k}: {_show(old)} -> {_show(new)}"  # noqa: E731
+                                    for k, (old, new) in fields.items())
+    allowed = {k: v for k, v in changes.items() if k not in refused}
+    listed = show(refused) + (f"; and, which may change: {show(allowed)}" if allowed else "")
     raise ConfigError(
         f"--workdir={workdir} holds a run with another config ({listed}); use a new "
         f"--workdir, or pass {ACCEPT_FLAG} to continue this run with the change recorded in "
