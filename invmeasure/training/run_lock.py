@@ -25,7 +25,7 @@ from invmeasure.errors import ConfigError
 from invmeasure.training import storage
 
 LOCK_FILE = "lock.json"
-LEASE_SECONDS = 300.0
+LEASE_SECONDS = 120.0
 # How long a taker on object storage waits before reading its lock back.
 _SETTLE_SECONDS = 1.0
 

@@ -232,6 +232,10 @@ def _install_fake_gcs() -> None:
 
   fsspec.register_implementation("gs", FakeGcs, clobber=True)
   fsspec.register_implementation("gcs", FakeGcs, clobber=True)
-  # epath would use TensorFlow's GCS client when TensorFlow is installed.
+  # epath would use TensorFlow's GCS client when TensorFlow is installed; it caches that
+  # choice at its first file operation, which may have come before this.
   os.environ["EPATH_USE_TF"] = "false"
+  from etils.epath import gpath
+  if hasattr(getattr(gpath, "_is_tf_installed", None), "cache_clear"):
+    gpath._is_tf_installed.cache_clear()
   _FAKE_INSTALLED = True
