@@ -6,6 +6,13 @@ same command after a kill resumes from the latest checkpoint (the newest that ca
 `checkpoints.Checkpointer.restore_latest`), drops the metric rows written after it, and
 produces the same rows and weights as an uninterrupted run. The workdir may be local or
 `gs://...` (`storage`).
+
+`train_and_evaluate` runs in phases, each a named function here or a module of its own:
+the plan (`make_plan`: the config checked, data opened, nothing written), the workdir's
+lock (`run_lock`), the config compared with the recorded one (`provenance`), the restore
+(`restore`), the step loop (`_step_loop`, its jitted pieces in `_Steps`), and the outputs
+(`outputs`: rows, projections, TensorBoard, the progress bar). Figures are drawn by the
+entry points, from the rows (`invmeasure.analysis.figures`).
 """
 
 from __future__ import annotations

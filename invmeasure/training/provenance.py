@@ -77,8 +77,9 @@ def read_history(workdir: str) -> list[dict[str, Any]]:
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple]:
   """{field: (old value, new value)} of every dotted field that differs."""
   a, b = flatten(old), flatten(new)
+  same = lambda key: json.dumps(a.get(key, UNSET)) == json.dumps(b.get(key, UNSET))  # NaN too
   return {key: (a.get(key, UNSET), b.get(key, UNSET)) for key in sorted(set(a) | set(b))
-          if a.get(key, UNSET) != b.get(key, UNSET)}
+          if not same(key)}
 
 
 def _show(value: Any) -> str:
