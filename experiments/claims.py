@@ -32,6 +32,10 @@ def main(argv: list[str]) -> None:
     path = pipeline.write_report(_WORKDIR.value, quick=_QUICK.value)
   except (ConfigError, TrainingError) as error:
     sys.exit(f'error: {error}')
+  except OSError as error:
+    sys.exit(f'error: cannot write {error.filename or _WORKDIR.value}: '
+             f'{error.strerror or error}; the finished runs under {_WORKDIR.value}/runs are '
+             'kept and the rest resume from their checkpoints: rerun the same command')
   print(f'Wrote {path}')
 
 

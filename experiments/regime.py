@@ -57,7 +57,10 @@ def main(argv: list[str]) -> None:
     text += '\n\n' + '\n'.join(notes)
   print(text)
   if _OUT.value:
-    storage.write_text(_OUT.value, text + '\n')
+    try:
+      storage.write_text(_OUT.value, text + '\n')
+    except OSError as error:
+      sys.exit(f'error: cannot write --out={_OUT.value}: {error.strerror or error}')
   if not all(all(regime.decide(n).values()) for n in numbers):
     sys.exit(1)
 

@@ -98,6 +98,9 @@ def main(argv: list[str]) -> None:
                         '"synthetic_1d"')
   except (ConfigError, TrainingError) as error:
     sys.exit(f'error: {error}')
+  except OSError as error:  # the 1-D example's files; a training run reports its own
+    sys.exit(f'error: cannot write {error.filename or _WORKDIR.value}: '
+             f'{error.strerror or error}; rerun the same command once it can be written')
 
 
 if __name__ == '__main__':

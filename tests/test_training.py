@@ -153,6 +153,16 @@ def test_distributed_auto_joins_the_job_a_slurm_environment_describes(reference,
   assert_rows_close(rows(workdir), rows(reference))
   # One job, not two separate runs: the second process wrote its part of the checkpoint.
   assert "ocdbt.process_1" in os.listdir(os.path.join(workdir, "checkpoints", "120", "default"))
+  # Both processes follow process 0's verdict on a changed config, before anything runs.
+  changed = [(command(workdir, *LONG, "--config.seed=7", "--distributed_auto"),
+              {**env, "SLURM_JOB_ID": str(job + 1), "SLURM_PROCID": str(i),
+               "SLURM_LOCALID": str(i)}) for i in range(2)]
+  procs = [subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for cmd, e in changed]
+  errors = [p.communicate(timeout=300)[1] for p in procs]
+  assert [p.returncode for p in procs] == [1, 1], errors
+  assert "error: --workdir=" in errors[0] and "(seed: 0 -> 7)" in errors[0], errors[0]
+  assert "error: process 0 refused to start the run" in errors[1], errors[1]
 
 
 def test_sigterm_to_one_process_of_two_stops_both_after_the_same_step(reference, tmp_path):
