@@ -37,16 +37,17 @@ FIGURE3_LEARNING_RATES = (2.5e-4, 1e-4, 2.5e-5)
 _ARGS = ("constant", "lr", "steps", "sgd", "tiny")
 
 
-def parse_arg(arg: str) -> dict:
+def parse_arg(arg: str, allowed: tuple[str, ...] = _ARGS,
+              path: str = "configs/wt103_transformerxl.py") -> dict:
   """'constant,lr=1e-4,tiny' -> {'constant': True, 'lr': '1e-4', 'tiny': True}."""
   out = {}
   for part in filter(None, arg.split(",")):
     key, _, value = part.partition("=")
     out[key.strip()] = value.strip() if value else True
-  unknown = set(out) - set(_ARGS)
+  unknown = set(out) - set(allowed)
   if unknown:
-    raise ValueError(f"configs/wt103_transformerxl.py: unknown argument(s) {sorted(unknown)}; "
-                     "use any of constant, lr=X, steps=N, sgd, tiny")
+    raise ValueError(f"{path}: unknown argument(s) {sorted(unknown)}; use any of "
+                     + ", ".join(f"{a}=X" if a in ("lr", "steps") else a for a in allowed))
   return out
 
 
@@ -95,7 +96,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.diagnostics = ml_collections.ConfigDict()
   config.diagnostics.every_steps = 5000  # a diagnostic round every this many steps (0: never)
   config.diagnostics.at_epoch_end = False  # also at every epoch's end (11,469 steps)
-  config.diagnostics.augment = "none"  # rounds run dropout off on an empty memory (lm_task.py)
+  config.diagnostics.augment = "none"  # rounds run dropout off (lm_task.py)
+  config.diagnostics.memory = "empty"  # rounds' segments see no memory (lm_task.py)
   config.diagnostics.batch_size = 60  # rows per random segment batch (training size)
   config.diagnostics.num_minibatches = 800  # K segment batches per round, as the original
   config.diagnostics.sharpness_iters = 5  # power iterations

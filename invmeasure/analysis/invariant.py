@@ -200,6 +200,63 @@ def compare_windows(steps: Any, samples: Any, num_windows: int, start_fraction: 
       travel_slope=log_log_slope(starts[1:], travel_mean))
 
 
+def separation(x: Any, y: Any, *, num_directions: int = 128, seed: int = 0) -> float:
+  """Sliced W1 between two samples' empirical measures over its bound from the mean
+  distance between their points (as `compare_windows`): ~0 one measure, ~1 disjoint."""
+  x, y = _sample_2d(x, "separation", "x"), _sample_2d(y, "separation", "y")
+  travel = _mean_pair_distance(x, y)
+  if travel <= 0:
+    return float("nan")
+  sliced = sliced_wasserstein(x, y, num_directions=num_directions, seed=seed)
+  return float(sliced / (sphere_abs_projection_mean(x.shape[1]) * travel))
+
+
+def autocorrelation_time(samples: Any, c: float = 5.0) -> float:
+  """Integrated autocorrelation time, in rows, of a (T,) or (T, n) series (columns
+  averaged): 1 + 2 sum of the autocorrelations up to Sokal's self-consistent window, the
+  first M >= c * tau(M). 1 for independent rows; NaN for fewer than 4 rows."""
+  x = np.asarray(samples, dtype=np.float64)
+  x = x[:, None] if x.ndim == 1 else x
+  t = x.shape[0]
+  if t < 4:
+    return float("nan")
+  x = x - x.mean(axis=0)
+  size = 1 << (2 * t - 1).bit_length()
+  spectrum = np.fft.rfft(x, n=size, axis=0)
+  acf = np.fft.irfft(spectrum * np.conj(spectrum), n=size, axis=0)[:t].mean(axis=1)
+  if acf[0] <= 0:
+    return float("nan")
+  rho = acf / acf[0]
+  taus = 2 * np.cumsum(rho) - 1
+  window = np.arange(t)
+  ok = window >= c * taus
+  return float(taus[np.argmax(ok)] if ok.any() else taus[-1])
+
+
+def interleaved_separation(samples: Any, block_rows: int, **kwargs) -> float:
+  """`separation` between the two halves of one window of iterates made of alternate
+  blocks of `block_rows` consecutive rows: the statistic's value when both halves sample
+  one measure, with the window's own correlation kept inside each block."""
+  samples = _sample_2d(samples, "interleaved_separation", "samples")
+  blocks = samples.shape[0] // block_rows
+  if block_rows < 1 or blocks < 4:
+    return float("nan")
+  parts = samples[:blocks * block_rows].reshape(blocks, block_rows, -1)
+  return separation(parts[0::2].reshape(-1, samples.shape[1]),
+                    parts[1::2].reshape(-1, samples.shape[1]), **kwargs)
+
+
+def batch_means_stderr(values: Any, num_batches: int = 5) -> float:
+  """Standard error of the mean of a correlated series: the spread of `num_batches`
+  contiguous batch means over sqrt(num_batches) (NaN with fewer rows than batches)."""
+  values = np.asarray(values, dtype=np.float64)
+  size = len(values) // num_batches
+  if size < 1:
+    return float("nan")
+  means = values[len(values) - size * num_batches:].reshape(num_batches, size).mean(axis=1)
+  return float(means.std(ddof=1) / np.sqrt(num_batches))
+
+
 class Fluctuation(NamedTuple):
   """One scalar series in equal windows: how it fluctuates and how its average settles."""
 

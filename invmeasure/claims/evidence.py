@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from invmeasure.analysis import invariant, invariant_figures, runs
+from invmeasure.analysis import invariant, invariant_figures, regime, runs
+from invmeasure.claims import rules
 from invmeasure.claims.report import Claim, make_claim
 from invmeasure.studies import estimators as estimators_lib, restore, step_size as step_size_lib
 from invmeasure.studies import figures as study_figures
@@ -46,57 +47,94 @@ def _figure(workdirs: dict[str, str], report_dir: str, name: str) -> str:
                          report_dir)
 
 
-def loss_stable_gradient_not_vanishing(run: runs.Run, figure: str) -> Claim:
-  """Figure 1: the loss settles while the full gradient norm stays away from 0."""
+def _window_stderrs(steps: np.ndarray, values: np.ndarray,
+                    windows: invariant.Fluctuation) -> np.ndarray:
+  """Each window's batch-means standard error of its mean (`invariant.batch_means_stderr`:
+  contiguous batches allow for the correlation between nearby rounds)."""
+  return np.asarray([invariant.batch_means_stderr(values[(steps >= a) & (steps <= b)])
+                     for a, b in zip(windows.window_starts, windows.window_ends)])
+
+
+def loss_stable_gradient_not_vanishing(run: runs.Run, figure: str, arm: str = "",
+                                       key: str = "fig1_loss_stable_gradient_not_vanishing"
+                                       ) -> Claim:
+  """Figure 1 (or 3, for the text arm): the loss settles while the full gradient norm
+  stays away from 0."""
   steps, loss = _diagnostic_series(run, "full_loss")
   loss_windows = invariant.fluctuation_and_averages(steps, loss, NUM_WINDOWS, PLATEAU)
+  loss_stderr = _window_stderrs(steps, loss, loss_windows)
   steps, grad = _diagnostic_series(run, "grad_norm")
   grad_windows = invariant.fluctuation_and_averages(steps, grad, NUM_WINDOWS, PLATEAU)
+  grad_stderr = _window_stderrs(steps, grad, grad_windows)
   last_size = np.sum((steps >= grad_windows.window_starts[-1])
                      & (steps <= grad_windows.window_ends[-1]))
   means = loss_windows.window_means
-  loss_stderr = loss_windows.window_stds / np.sqrt(last_size)
   _, objective = _diagnostic_series(run, "objective_grad_norm")
   numbers = {
       "loss_initial": loss[0],
-      "loss_window_first": means[0], "loss_window_first_stderr": loss_stderr[0],
-      "loss_window_last": means[-1], "loss_window_last_stderr": loss_stderr[-1],
+      "loss_window_first": means[0], "loss_window_last": means[-1],
+      "loss_change": means[-1] - means[0],
+      "loss_change_stderr": float(np.hypot(loss_stderr[0], loss_stderr[-1])),
+      "loss_margin": rules.LOSS_MARGIN_FRACTION * (loss[0] - means[0]),
+      # The replaced rule's standard errors: a window's std over sqrt(rows).
+      "loss_window_first_stderr": loss_windows.window_stds[0] / np.sqrt(last_size),
+      "loss_window_last_stderr": loss_windows.window_stds[-1] / np.sqrt(last_size),
       "grad_norm_initial": grad[0],
       "grad_norm_window_first": grad_windows.window_means[0],
       "grad_norm_last": grad_windows.window_means[-1],
-      "grad_norm_last_stderr": grad_windows.window_stds[-1] / np.sqrt(last_size),
+      "grad_norm_last_stderr": grad_stderr[-1],
       "grad_norm_ratio": grad_windows.window_means[-1] / grad_windows.window_means[0],
       "objective_grad_norm_last": objective[-1],
   }
   return make_claim(
-      "fig1_loss_stable_gradient_not_vanishing",
-      "The training loss stabilises while the full gradient norm does not go to zero "
-      "(Figure 1).",
+      key,
+      f"The training loss stabilises while the full gradient norm does not go to zero "
+      f"({arm or 'Figure 1'}).",
       f"run `{run.name}` (constant learning rate); {NUM_WINDOWS} equal windows of its "
-      "second half; full-batch loss and gradient norm from the diagnostic rounds; a "
-      "window's standard error is its values' standard deviation over sqrt(rows).",
-      "loss_stable_gradient_not_vanishing", numbers, [figure])
+      "second half; full-batch loss and gradient norm from the diagnostic rounds; "
+      "`loss_change` = last window's mean - first's, its standard error from each window's "
+      "batch means (5 contiguous batches); `loss_margin` = 5% of `loss_initial` - "
+      "`loss_window_first`.",
+      "loss_equivalent_gradient_not_vanishing", numbers, [figure])
 
 
-def smaller_lr_larger(constant_runs: Sequence[runs.Run], figure: str) -> list[Claim]:
+def smaller_lr_larger(constant_runs: Sequence[runs.Run], figure: str,
+                      fields: Sequence[str] = ("grad_norm", "noise_norm", "sharpness"),
+                      arm: str = "Figure 2", key_prefix: str = "fig2_") -> list[Claim]:
   """Figure 2: a smaller learning rate settles where gradient norm, noise and sharpness
   are larger; runs in decreasing learning rate, plateau = last quarter."""
   claims = []
   lrs = [float(r.config["optimizer"]["learning_rate"]) for r in constant_runs]
-  for field, what in (("grad_norm", "gradient norm"), ("noise_norm", "gradient noise"),
-                      ("sharpness", "sharpness")):
+  what = {"grad_norm": "gradient norm", "noise_norm": "gradient noise",
+          "sharpness": "sharpness"}
+  for field in fields:
     numbers = {}
     for i, run in enumerate(constant_runs):
       numbers[f"mean_{i}"], numbers[f"stderr_{i}"] = _segment(run, field, 0.75, 1.0)
     numbers.update({f"lr_{i}": lr for i, lr in enumerate(lrs)})
     claims.append(make_claim(
-        f"fig2_smaller_lr_larger_{field}",
-        f"A smaller learning rate settles where the {what} is larger (Figure 2).",
+        f"{key_prefix}smaller_lr_larger_{field}",
+        f"A smaller learning rate settles where the {what[field]} is larger ({arm}).",
         "runs " + ", ".join(f"`{r.name}`" for r in constant_runs) + " (learning rates "
         f"{', '.join(f'{lr:g}' for lr in lrs)}: `lr_i`); `mean_i`, `stderr_i`: mean of "
         f"`{field}` over each run's last quarter and its batch-means standard error.",
         "smaller_lr_larger", numbers, [figure]))
   return claims
+
+
+def cosine_ends_lower(constant: runs.Run, cosine: runs.Run, figure: str, arm: str) -> Claim:
+  """Figure 3: the cosine schedule ends at a lower loss than the constant rate."""
+  # The last fifth: enough rounds (12 at one every 100 steps) for batch-means errors.
+  before, before_se = _segment(constant, "full_loss", 0.8, 1.0)
+  after, after_se = _segment(cosine, "full_loss", 0.8, 1.0)
+  return make_claim(
+      "fig3_text_cosine_ends_lower",
+      f"A cosine schedule ends at a lower loss than the constant rate ({arm}).",
+      f"runs `{constant.name}` (constant, `before`) and `{cosine.name}` (the same rate "
+      "decayed to 0 by a cosine, `after`): `full_loss` over each run's last fifth, with "
+      "batch-means standard errors.",
+      "drops", {"before": before, "before_stderr": before_se, "after": after,
+                "after_stderr": after_se}, [figure])
 
 
 def noise_grows(run: runs.Run, figure: str) -> Claim:
@@ -190,38 +228,69 @@ def time_average_converges(run: runs.Run, figure: str) -> list[Claim]:
   for field in ("full_loss", "grad_norm", "sharpness"):
     steps, values = _diagnostic_series(run, field)
     result = invariant.fluctuation_and_averages(steps, values, NUM_WINDOWS, PLATEAU)
+    stderrs = _window_stderrs(steps, values, result)
+    # A_W - A_{W-1} = (m_W - A_{W-1}) / W over equal windows; A_{W-1} is the mean of the
+    # first W - 1 window means, whose errors are independent to a good approximation.
+    previous = result.birkhoff_at_ends[-2]
+    change_stderr = (np.sqrt(stderrs[-1] ** 2 + np.sum(stderrs[:-1] ** 2)
+                             / (NUM_WINDOWS - 1) ** 2) / NUM_WINDOWS / abs(previous))
     claims.append(make_claim(
         f"birkhoff_{field}",
         f"Per-iterate `{field}` keeps fluctuating while its time (Birkhoff) average "
         "converges (Theorems 4.3, 4.4).",
         f"run `{run.name}`, second half in {NUM_WINDOWS} windows: the last window's "
         "coefficient of variation (`fluctuation`) and the relative change of the time "
-        "average over the last window (`average_change`).",
-        "time_average_converges",
-        {"fluctuation": result.fluctuation, "average_change": result.average_change,
+        "average over the last window (`average_change`, signed; its standard error from "
+        "each window's batch means).",
+        "time_average_equivalent",
+        {"fluctuation": result.fluctuation, "average_change": result.relative_changes[-1],
+         "average_change_stderr": float(change_stderr),
          "time_average": result.birkhoff_at_ends[-1],
          "time_average_stderr": result.birkhoff_stderr}, [figure]))
   return claims
 
 
-def measure_converges(workdir: str, name: str, figure_path: str, rel) -> Claim:
-  """Section 2 of the invariant-measure picture, on the run's weight projections."""
+MEASURE_WINDOW_RELAXATIONS = 2  # claim 13's windows: this many relaxation times each
+MEASURE_WINDOWS = 3
+
+
+def measure_converges(workdir: str, name: str, figure_path: str, rel,
+                      config: dict | None = None) -> Claim:
+  """The invariant-measure picture on the run's weight projections: the last
+  `MEASURE_WINDOWS` windows of two relaxation times each, and the statistic's null from
+  interleaved halves of the last window, in blocks of at least twice the projections'
+  autocorrelation time."""
   rows = metric_writer.read_metrics(os.path.join(workdir, projections.PROJECTIONS_FILE))
   steps = np.asarray([r["step"] for r in rows], float)
   samples = np.asarray([r["weights"] for r in rows], float)
-  result = invariant.compare_windows(steps, samples, NUM_WINDOWS, PLATEAU)
+  config = config or runs.load_run(workdir).config
+  relaxation = regime.optimizer_relaxation_time(config["optimizer"])
+  span = MEASURE_WINDOWS * MEASURE_WINDOW_RELAXATIONS * relaxation
+  start = max(0.0, 1 - span / steps[-1]) if np.isfinite(span) else PLATEAU
+  result = invariant.compare_windows(steps, samples, MEASURE_WINDOWS, start)
+  last = samples[steps >= result.window_starts[-1]]
+  tau = invariant.autocorrelation_time(last)
+  block = max(1, int(np.ceil(2 * tau)))
+  null = invariant.interleaved_separation(last, min(block, len(last) // 4))
   figure = rel(invariant_figures.plot_window_distances(result, figure_path))
   return make_claim(
       "measure_converges_weights_move",
       "The distribution of the weights converges while the weights keep moving "
       "(the invariant-measure picture).",
       f"run `{name}`: projections of the weights on {samples.shape[1]} fixed random "
-      f"directions every {int(steps[1] - steps[0])} steps; second half in {NUM_WINDOWS} "
-      "windows; sliced W1 between consecutive windows' empirical measures over the mean "
-      "distance between their iterates (`separation`: ~0 same measure, ~1 disjoint), "
-      "last pair over first pair for W1 and travel.",
-      "measure_converges",
+      f"directions every {int(steps[1] - steps[0])} steps; its last {MEASURE_WINDOWS} "
+      f"windows of {MEASURE_WINDOW_RELAXATIONS} relaxation times ({relaxation:g} steps "
+      "each); sliced W1 between consecutive windows' empirical measures over the mean "
+      "distance between their iterates (`separation`: ~0 same measure, ~1 disjoint); "
+      "`separation_null`: the same between interleaved halves of the last window, made of "
+      "alternate blocks of `block_rows` rows (at least twice the projections' "
+      "autocorrelation time `autocorrelation_rows`, and at least 4 blocks); last pair over "
+      "first pair for W1 and travel.",
+      "measure_matches_null",
       {"separation_last": result.separation[-1], "separation_first": result.separation[0],
+       "separation_null": null,
+       "separation_excess": result.separation[-1] - null,
+       "autocorrelation_rows": tau, "block_rows": min(block, len(last) // 4),
        "w1_ratio": result.sliced_w1[-1] / result.sliced_w1[0],
        "travel_ratio": result.travel_mean[-1] / result.travel_mean[0],
        "travel_last": result.travel_mean[-1], "window_rows": result.window_size},
@@ -324,6 +393,22 @@ def estimators(workdir: str, suite, figure_path: str, rel) -> list[Claim]:
   return [converge, corrected]
 
 
+def _telescoped_step_change(run: runs.Run) -> tuple[float, float, float]:
+  """The plateau's mean one-step change of F = f + lambda/2 ||x||^2: the change between
+  the first and last plateau windows' means over the steps between their centres (the
+  sum of one-step changes telescopes), with its batch-means standard error."""
+  decay = float(run.config["optimizer"].get("weight_decay", 0.0))
+  steps, loss = _diagnostic_series(run, "full_loss")
+  _, norm = _diagnostic_series(run, "weight_norm")
+  objective = loss + decay / 2 * norm ** 2
+  windows = invariant.fluctuation_and_averages(steps, objective, NUM_WINDOWS, PLATEAU)
+  stderrs = _window_stderrs(steps, objective, windows)
+  centres = (windows.window_starts + windows.window_ends) / 2
+  span = float(centres[-1] - centres[0])
+  change = (windows.window_means[-1] - windows.window_means[0]) / span
+  return float(change), float(np.hypot(stderrs[0], stderrs[-1]) / span), span
+
+
 def step_sizes(workdir: str, run: runs.Run, suite, figure_path: str, rel) -> list[Claim]:
   """Theorem 5.2 and the exact one-step change of Theorem 4.3, at plateau checkpoints."""
   steps = _spread(_plateau_checkpoints(workdir), suite.step_size_states)
@@ -336,16 +421,23 @@ def step_sizes(workdir: str, run: runs.Run, suite, figure_path: str, rel) -> lis
            f"{', '.join(map(str, steps))}) x {study.num_minibatches} minibatches: the "
            "full-data change of F = f + lambda/2 ||x||^2 after one optimizer step scaled by "
            f"c; standard errors over {study.stderr_unit}")
+  change, change_stderr, span = _telescoped_step_change(run)
   gain = make_claim(
       "thm43_one_step_change_vanishes",
       "Averaged over the iterates, the expected one-step change of the loss goes to zero "
       "(Theorems 4.3, 4.4).",
-      where + "; `change` at c = 1 against `scale`, the mean size |F(x + u) - F(x)| of "
-      "one step's change; `descent`: the mean first-order term -<grad F, u>.",
-      "gain_vanishes",
-      {"change": study.mean_objective_change[one],
-       "change_stderr": study.stderr_objective_change[one],
+      f"run `{run.name}`: `change_per_step`, the mean one-step change of F over its plateau, "
+      "telescoped: (F at the last plateau window - F at the first) / the steps between "
+      f"their centres ({span:g}), F = `full_loss` + lambda/2 `weight_norm`^2 of the "
+      "diagnostic rows, its standard error from each window's batch means; against "
+      "`scale`, the typical size |F(x + u) - F(x)| of one step's change, from the study: "
+      + where + "; the study's own estimate at c = 1: `change`, `change_stderr`; "
+      "`descent`: the mean first-order term -<grad F, u>.",
+      "step_change_vanishes",
+      {"change_per_step": change, "change_per_step_stderr": change_stderr,
        "scale": float(np.mean(np.abs(study.objective_change[..., one]))),
+       "change": study.mean_objective_change[one],
+       "change_stderr": study.stderr_objective_change[one],
        "descent": float(np.mean(study.descent))}, [figure])
   numbers = {"change_1": study.mean_objective_change[one]}
   for i, c in enumerate(scales):

@@ -43,17 +43,37 @@ def _seed_claims(suite: suite_lib.Suite, paths: dict[str, str], dynamics: dict[s
     claims.append(evidence.balance(loaded[name], fig(f"equation10_{name}.png"), rel))
   claims += evidence.estimators(paths[measure_name], suite, fig("estimators.png"), rel)
   claims += evidence.step_sizes(paths[measure_name], measure, suite, fig("step_size.png"), rel)
+  claims += _text_claims(loaded, dynamics)
   return claims
 
 
-def write_report(workdir: str, quick: bool = False) -> str:
-  """Runs (or resumes) the suite in `workdir/runs`, then writes `workdir/claims.md`."""
+def _text_claims(loaded: dict[str, runs.Run], dynamics: dict[str, str]) -> list[report.Claim]:
+  """The Transformer arm (Figure 3's twin): its headline claim, the learning rates, and
+  the cosine schedule against the constant rate."""
+  arm = "Figure 3's Transformer arm: Transformer-XL, AdamW, text"
+  constant = [loaded[suite_lib.text_name(lr)] for lr in suite_lib.TEXT_LRS]
+  first = suite_lib.text_name(suite_lib.TEXT_LRS[0])
+  claims = [evidence.loss_stable_gradient_not_vanishing(
+      constant[0], dynamics[first], arm=arm, key="fig3_text_loss_stable_gradient_not_vanishing")]
+  claims += evidence.smaller_lr_larger(constant, dynamics[first], fields=("grad_norm",),
+                                       arm=arm, key_prefix="fig3_text_")
+  claims.append(evidence.cosine_ends_lower(constant[0], loaded[suite_lib.TEXT_COSINE],
+                                           dynamics[suite_lib.TEXT_COSINE], arm))
+  return claims
+
+
+def write_report(workdir: str, quick: bool = False, seeds: tuple[int, ...] | None = None,
+                 jobs: int = 1) -> str:
+  """Runs (or resumes) the suite in `workdir/runs` (on `seeds`, default the suite's; `jobs`
+  runs at once), then writes `workdir/claims.md`."""
   config_checks.check_workdir(workdir)
   started = time.time()
   suite = suite_lib.quick() if quick else suite_lib.full()
+  if seeds:
+    suite = suite._replace(seeds=tuple(seeds))
   storage.makedirs(os.path.join(workdir, "figures"))
   synthetic_dir, workdirs = suite_lib.run_all(suite, workdir,
-                                              log=lambda name: _log(f"run {name}"))
+                                              log=lambda name: _log(f"run {name}"), jobs=jobs)
   trained = time.time()
   fig = lambda *parts: os.path.join(workdir, "figures", *parts)  # noqa: E731
   rel = lambda path: os.path.relpath(path, workdir)  # noqa: E731
@@ -80,11 +100,15 @@ def write_report(workdir: str, quick: bool = False) -> str:
 
   header = {
       "command": f"python -m experiments.claims --workdir={workdir}"
+                 + (f" --seeds={','.join(map(str, seeds))}" if seeds else "")
+                 + (f" --jobs={jobs}" if jobs > 1 else "")
                  + (" --quick" if quick else ""),
       "mode": "quick (a smoke test: its numbers are not evidence)" if quick else "full",
       "date": datetime.date.today().isoformat(),
       "machine": report.machine(),
-      "wall time": f"{time.time() - started:.0f} s ({trained - started:.0f} s training)",
+      "wall time": f"{time.time() - started:.0f} s ({trained - started:.0f} s training, "
+                   f"{jobs} at a time)",
+      "load average at the end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
       "seeds": ", ".join(map(str, suite.seeds)),
       "runs": ", ".join(f"`runs/{name}/seed_<s>`" for name in workdirs)
               + ", `runs/synthetic_1d` (deterministic: one run)",

@@ -34,17 +34,24 @@ def make_claim(key: str, statement: str, evidence: str, rule: str,
 
 
 def combine(seeds: Sequence[int], claims: Sequence[Claim]) -> Claim:
-  """One claim from the same claim measured on each seed's runs: the verdict is
-  `rules.combine` of theirs, the numbers their means (shown beside each seed's)."""
+  """One claim from the same claim measured on each seed's runs (shown beside each
+  seed's numbers). A pooled rule decides the seeds' pooled numbers
+  (`rules.pooled_numbers`); any other's verdict is `rules.combine` of the seeds' verdicts
+  and its numbers their means."""
   first = claims[0]
   if any(c.key != first.key or c.rule != first.rule for c in claims):
     raise ValueError(f"combine() takes one claim measured per seed, got {[c.key for c in claims]}")
-  numbers = {name: sum(c.numbers.get(name, math.nan) for c in claims) / len(claims)
-             for name in first.numbers}
+  per_seed = tuple(c.numbers for c in claims)
   verdicts = tuple(c.verdict for c in claims)
-  return first._replace(numbers=numbers, seeds=tuple(seeds),
-                        per_seed=tuple(c.numbers for c in claims), seed_verdicts=verdicts,
-                        verdict=rules.combine(verdicts))
+  if rules.RULES[first.rule].pooled is not None:
+    numbers = rules.pooled_numbers(first.rule, per_seed)
+    verdict = rules.decide(first.rule, numbers)
+  else:
+    numbers = {name: sum(n.get(name, math.nan) for n in per_seed) / len(per_seed)
+               for name in first.numbers}
+    verdict = rules.combine(verdicts)
+  return first._replace(numbers=numbers, seeds=tuple(seeds), per_seed=per_seed,
+                        seed_verdicts=verdicts, verdict=verdict)
 
 
 def _format(value: float) -> str:
@@ -71,11 +78,22 @@ def _markdown(claims: Sequence[Claim], header: Mapping[str, str]) -> str:
   for i, claim in enumerate(claims, 1):
     lines += ["", f"## {i}. {claim.statement}", "", f"Evidence: {claim.evidence}", ""]
     lines += _numbers_table(claim)
-    lines += ["", f"Rule (`{claim.rule}`): {rules.RULES[claim.rule].text}", ""]
-    if claim.seeds:
+    rule = rules.RULES[claim.rule]
+    lines += ["", f"Rule (`{claim.rule}`): {rule.text}", ""]
+    if rule.explain is not None:
+      lines += [rule.explain(claim.numbers), ""]
+    if claim.seeds and rule.pooled is not None:
+      lines += ["The `pooled` column is what the rule decides; each seed alone would "
+                "read: " + ", ".join(f"seed {s}: {v}" for s, v in
+                                     zip(claim.seeds, claim.seed_verdicts)) + ".", ""]
+    elif claim.seeds:
       lines += [f"Per seed: " + ", ".join(f"seed {s}: {v}" for s, v in
                                           zip(claim.seeds, claim.seed_verdicts)) + ". "
                 f"Combined: {rules.COMBINE_TEXT}", ""]
+    legacy = rules.legacy_verdict(claim.rule, claim.per_seed or (claim.numbers,))
+    if legacy is not None:
+      lines += [f"The rule this one replaced (`{legacy[0]}`: "
+                f"{rules.LEGACY_RULES[claim.rule][1].text}) reads: **{legacy[1]}**.", ""]
     lines += [f"Verdict: **{claim.verdict}**"]
     lines += [f"\n![{os.path.basename(f)}]({f})" for f in claim.figures]
   return "\n".join(lines) + "\n"
@@ -85,10 +103,11 @@ def _numbers_table(claim: Claim) -> list[str]:
   if not claim.seeds:
     return (["| number | value |", "| --- | --- |"]
             + [f"| `{name}` | {_format(value)} |" for name, value in claim.numbers.items()])
-  head = "| number | mean | " + " | ".join(f"seed {s}" for s in claim.seeds) + " |"
+  summary = "pooled" if rules.RULES[claim.rule].pooled is not None else "mean"
+  head = f"| number | {summary} | " + " | ".join(f"seed {s}" for s in claim.seeds) + " |"
   lines = [head, "| --- " * (2 + len(claim.seeds)) + "|"]
   for name, value in claim.numbers.items():
-    cells = " | ".join(_format(n.get(name, math.nan)) for n in claim.per_seed)
+    cells = " | ".join(_format(n[name]) if name in n else "" for n in claim.per_seed)
     lines.append(f"| `{name}` | {_format(value)} | {cells} |")
   return lines
 

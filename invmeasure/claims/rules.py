@@ -6,10 +6,22 @@ thresholds are fixed here, before any run, and are the same in quick and full mo
 Verdicts: HELD, NOT_HELD, INCONCLUSIVE (the numbers cannot tell, e.g. the difference
 is within the standard errors).
 
-Every training run is repeated over several seeds: a rule decides each seed's numbers
-(within a run, batch means over windows are the unit of its standard errors) and
-`combine` turns the seeds' verdicts into the claim's (`COMBINE_TEXT`), so the seeds are
-independent replicates.
+Every training run is repeated over several seeds, independent replicates of one
+experiment. Where a claim's per-seed numbers are means with standard errors of the same
+quantity (`Rule.pooled` names them), the seeds are pooled: each such quantity's
+inverse-variance weighted mean and its standard error (`pool`) form the claim's numbers,
+and the rule decides those; if the seeds disagree beyond their errors (Cochran's Q test,
+`HETEROGENEITY_ALPHA` shared over the pooled quantities) the claim is inconclusive. Other
+claims are decided per seed and the verdicts combined (`COMBINE_TEXT`).
+
+"Something stops changing" is decided by equivalence, never by failing to detect a
+change (which the longer the run, the surer it is to find): held when the 90% confidence
+interval of the change lies inside a margin fixed in advance (two one-sided tests at 5%),
+not held when it lies entirely outside, otherwise inconclusive (`equivalence`). Each such
+rule says how its margin is set and why.
+
+Rules and margins were fixed on 2026-12-03, before the full run that they judge.
+`LEGACY_RULES` keeps the rules they replaced, so a report can show both verdicts.
 """
 
 from __future__ import annotations
@@ -17,13 +29,106 @@ from __future__ import annotations
 import math
 from typing import Callable, Mapping, NamedTuple, Sequence
 
+from scipy import stats
+
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
 Numbers = Mapping[str, float]
+
+
+# Two one-sided tests at 5% each: the 90% two-sided interval.
+Z90 = float(stats.norm.ppf(0.95))
+# Seeds disagree when Cochran's Q has p below this, shared (Bonferroni) over the quantities
+# a claim pools. Within-run standard errors are batch-means estimates, so the Q test is
+# approximate; 1% keeps it from flagging ordinary sampling error in those estimates.
+HETEROGENEITY_ALPHA = 0.01
+# Claim 1: the loss is stable when the second half lowered it by less than 5% of the
+# progress the run had already made (initial loss minus the first plateau window's).
+LOSS_MARGIN_FRACTION = 0.05
+# Claims 10-12: a time average has converged when it moved over the last window by less
+# than a fifth of one iterate's typical deviation (the last window's coefficient of
+# variation): the average is still, the iterates are not. A fifth is the replaced rule's
+# "fluctuation at least 5x the change"; now the change's interval must meet it.
+TIME_AVERAGE_MARGIN_FRACTION = 0.2
+# Claim 19: the expected one-step change of F vanishes when its time average is within a
+# tenth of the typical size of one step's change |F(x + u) - F(x)|.
+STEP_CHANGE_MARGIN_FRACTION = 0.1
+# Claim 13: consecutive windows sample one measure when their separation exceeds that of
+# two interleaved halves of one window (the statistic's value when they do) by at most
+# 0.1 (a tenth of the way to disjoint); they do not when it exceeds it by 0.3 or more.
+MEASURE_EXCESS_HELD, MEASURE_EXCESS_NOT_HELD = 0.1, 0.3
+
+Pairs = Callable[[Numbers], list[tuple[str, str]]]
 
 
 class Rule(NamedTuple):
   text: str                         # the rule in one or two sentences, printed in the report
   decide: Callable[[Numbers], str]  # numbers -> verdict
+  # Pooled claims: (value, standard error) names of the quantities pooled over seeds.
+  pooled: Pairs | None = None
+  # A line the report prints under the numbers (e.g. an interval against its margin).
+  explain: Callable[[Numbers], str] | None = None
+
+
+class Pooled(NamedTuple):
+  mean: float
+  stderr: float
+  q: float  # Cochran's heterogeneity statistic
+  p: float  # its chi-squared p-value on (seeds - 1) degrees of freedom
+
+
+def pool(values: Sequence[float], stderrs: Sequence[float]) -> Pooled:
+  """Inverse-variance weighted mean of replicate estimates, its standard error and
+  Cochran's Q test of whether they estimate one value (NaN where any is not finite)."""
+  if len(values) == 0 or not all(math.isfinite(v) for v in list(values) + list(stderrs)) \
+      or any(e <= 0 for e in stderrs):
+    return Pooled(math.nan, math.nan, math.nan, math.nan)
+  weights = [1 / e ** 2 for e in stderrs]
+  mean = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+  q = sum(w * (v - mean) ** 2 for w, v in zip(weights, values))
+  p = float(stats.chi2.sf(q, len(values) - 1)) if len(values) > 1 else 1.0
+  return Pooled(mean, 1 / math.sqrt(sum(weights)), q, p)
+
+
+def pooled_numbers(rule: str, per_seed: Sequence[Numbers]) -> dict[str, float]:
+  """A pooled claim's numbers: pooled value and standard error for each pair of
+  `RULES[rule].pooled`, with `heterogeneity_p_<value>`; every other number the seeds'
+  mean."""
+  first = per_seed[0]
+  out = {name: sum(n.get(name, math.nan) for n in per_seed) / len(per_seed) for name in first}
+  for value, stderr in RULES[rule].pooled(first):
+    result = pool([n[value] for n in per_seed], [n[stderr] for n in per_seed])
+    out[value], out[stderr] = result.mean, result.stderr
+    out[f"heterogeneity_p_{value}"] = result.p
+  return out
+
+
+def heterogeneous(n: Numbers) -> bool:
+  """Whether the pooled seeds disagree beyond their errors (`HETEROGENEITY_ALPHA`)."""
+  ps = [v for k, v in n.items() if k.startswith("heterogeneity_p_")]
+  return any(not math.isfinite(p) or p < HETEROGENEITY_ALPHA / len(ps) for p in ps)
+
+
+def equivalence(change: float, stderr: float, margin: float) -> str:
+  """HELD if change +- Z90 * stderr lies inside (-margin, margin), NOT_HELD if entirely
+  outside [-margin, margin], otherwise INCONCLUSIVE."""
+  if not all(map(math.isfinite, (change, stderr, margin))) or margin <= 0:
+    return INCONCLUSIVE
+  low, high = change - Z90 * stderr, change + Z90 * stderr
+  if -margin < low and high < margin:
+    return HELD
+  if low > margin or high < -margin:
+    return NOT_HELD
+  return INCONCLUSIVE
+
+
+def interval_text(change: float, stderr: float, margin: float, what: str) -> str:
+  return (f"{what}: {change:.4g}, 90% interval [{change - Z90 * stderr:.4g}, "
+          f"{change + Z90 * stderr:.4g}] against the margin +-{margin:.4g}: "
+          f"{equivalence(change, stderr, margin)}.")
+
+
+def _pairs(*pairs: tuple[str, str]) -> Pairs:
+  return lambda n: list(pairs)
 
 
 def _finite(numbers: Numbers, *names: str) -> bool:
@@ -45,12 +150,36 @@ def _loss_stable_gradient_not_vanishing(n: Numbers) -> str:
   return NOT_HELD
 
 
+def _loss_margin(n: Numbers) -> float:
+  return LOSS_MARGIN_FRACTION * (n["loss_initial"] - n["loss_window_first"])
+
+
+def _loss_equivalent_gradient_not_vanishing(n: Numbers) -> str:
+  """Claim 1 by equivalence: the loss's change across the plateau within the margin, and
+  a gradient norm that keeps at least half its size, clear of zero."""
+  if not _finite(n, "loss_initial", "loss_window_first", "loss_change", "loss_change_stderr",
+                 "grad_norm_ratio", "grad_norm_last", "grad_norm_last_stderr") \
+      or heterogeneous(n):
+    return INCONCLUSIVE
+  loss = equivalence(n["loss_change"], n["loss_change_stderr"], _loss_margin(n))
+  if loss == NOT_HELD or n["grad_norm_ratio"] < 0.5:
+    return NOT_HELD
+  if loss == HELD and n["grad_norm_last"] >= 3 * n["grad_norm_last_stderr"]:
+    return HELD
+  return INCONCLUSIVE
+
+
+def _loss_interval(n: Numbers) -> str:
+  return interval_text(n["loss_change"], n["loss_change_stderr"], _loss_margin(n),
+                       "Loss change across the plateau")
+
+
 def _ordered_decreasing_in_lr(n: Numbers) -> str:
   """`mean_i`, `stderr_i` for learning rates in decreasing order (i = 0, 1, ...)."""
   count = sum(1 for k in n if k.startswith("mean_"))
   means = [n[f"mean_{i}"] for i in range(count)]
   errors = [n[f"stderr_{i}"] for i in range(count)]
-  if count < 2 or not all(map(math.isfinite, means + errors)):
+  if count < 2 or not all(map(math.isfinite, means + errors)) or heterogeneous(n):
     return INCONCLUSIVE
   gaps = [(means[i + 1] - means[i], 2 * math.hypot(errors[i], errors[i + 1]))
           for i in range(count - 1)]
@@ -64,7 +193,7 @@ def _ordered_decreasing_in_lr(n: Numbers) -> str:
 def _exceeds(n: Numbers, low: str, high: str) -> str:
   """Held if n[high] exceeds n[low] by more than twice the combined standard error
   (fields `<name>_stderr`), not held if it falls short by more than that."""
-  if not _finite(n, low, f"{low}_stderr", high, f"{high}_stderr"):
+  if not _finite(n, low, f"{low}_stderr", high, f"{high}_stderr") or heterogeneous(n):
     return INCONCLUSIVE
   margin = 2 * math.hypot(n[f"{low}_stderr"], n[f"{high}_stderr"])
   if n[high] - n[low] > margin:
@@ -139,6 +268,24 @@ def _inside_ball(n: Numbers) -> str:
   return HELD if n["max_weight_norm"] <= n["radius"] else NOT_HELD
 
 
+def _step_change_margin(n: Numbers) -> float:
+  return STEP_CHANGE_MARGIN_FRACTION * n["scale"]
+
+
+def _step_change_vanishes(n: Numbers) -> str:
+  """Claim 19 by equivalence: the run's mean one-step change of F over its plateau
+  (`change_per_step`, telescoped from the diagnostic rows) within a tenth of `scale`."""
+  if not _finite(n, "change_per_step", "change_per_step_stderr", "scale") or heterogeneous(n):
+    return INCONCLUSIVE
+  return equivalence(n["change_per_step"], n["change_per_step_stderr"],
+                     _step_change_margin(n))
+
+
+def _step_change_interval(n: Numbers) -> str:
+  return interval_text(n["change_per_step"], n["change_per_step_stderr"],
+                       _step_change_margin(n), "Mean one-step change of F")
+
+
 def _gain_vanishes(n: Numbers) -> str:
   if not _finite(n, "change", "change_stderr", "scale"):
     return INCONCLUSIVE
@@ -160,15 +307,32 @@ def _balance(n: Numbers) -> str:
   return INCONCLUSIVE
 
 
+def _step_scales(n: Numbers) -> list[str]:
+  return [k[len("change_"):] for k in n if k.startswith("change_") and k != "change_1"]
+
+
 def _smaller_step_lowers_loss(n: Numbers) -> str:
   """`change_<c>`, `stderr_<c>` for scales c < 1, and `change_1`."""
-  scales = [k[len("change_"):] for k in n if k.startswith("change_") and k != "change_1"]
-  if not scales or not _finite(n, "change_1"):
+  scales = _step_scales(n)
+  if not scales or not _finite(n, "change_1") or heterogeneous(n):
     return INCONCLUSIVE
   if any(n[f"change_{c}"] + 2 * n[f"stderr_{c}"] < 0 and n[f"change_{c}"] < n["change_1"]
          for c in scales):
     return HELD
   if all(n[f"change_{c}"] - 2 * n[f"stderr_{c}"] > 0 for c in scales):
+    return NOT_HELD
+  return INCONCLUSIVE
+
+
+def _measure_matches_null(n: Numbers) -> str:
+  """Claim 13 against the statistic's own null: the last pair of windows' separation
+  over that of interleaved halves of the last window."""
+  if not _finite(n, "separation_last", "separation_null", "travel_ratio"):
+    return INCONCLUSIVE
+  excess = n["separation_last"] - n["separation_null"]
+  if excess <= MEASURE_EXCESS_HELD and n["travel_ratio"] >= 0.5:
+    return HELD
+  if excess >= MEASURE_EXCESS_NOT_HELD:
     return NOT_HELD
   return INCONCLUSIVE
 
@@ -183,38 +347,69 @@ def _measure_converges(n: Numbers) -> str:
   return INCONCLUSIVE
 
 
+def _time_average_margin(n: Numbers) -> float:
+  return TIME_AVERAGE_MARGIN_FRACTION * n["fluctuation"]
+
+
+def _time_average_equivalent(n: Numbers) -> str:
+  """Claims 10-12 by equivalence: the time average's relative change over the last window
+  within a fifth of one iterate's coefficient of variation."""
+  if not _finite(n, "average_change", "average_change_stderr", "fluctuation") \
+      or heterogeneous(n):
+    return INCONCLUSIVE
+  return equivalence(n["average_change"], n["average_change_stderr"], _time_average_margin(n))
+
+
+def _time_average_interval(n: Numbers) -> str:
+  return interval_text(n["average_change"], n["average_change_stderr"],
+                       _time_average_margin(n), "Relative change of the time average")
+
+
 def _time_average_converges(n: Numbers) -> str:
   if not _finite(n, "fluctuation", "average_change", "time_average", "time_average_stderr"):
     return INCONCLUSIVE
   relative_stderr = n["time_average_stderr"] / abs(n["time_average"])
-  if (n["average_change"] <= 2 * relative_stderr
-      and n["fluctuation"] >= 5 * n["average_change"]):
+  change = abs(n["average_change"])
+  if change <= 2 * relative_stderr and n["fluctuation"] >= 5 * change:
     return HELD
-  if n["average_change"] > 4 * relative_stderr:
+  if change > 4 * relative_stderr:
     return NOT_HELD
   return INCONCLUSIVE
 
 
+_MEAN_PAIRS: Pairs = lambda n: [(f"mean_{i}", f"stderr_{i}")  # noqa: E731
+                                 for i in range(sum(k.startswith("mean_") for k in n))]
+_STEP_PAIRS: Pairs = lambda n: [(f"change_{c}", f"stderr_{c}")  # noqa: E731
+                                for c in _step_scales(n)]
+_POOLED_TEXT = (" Pooled over the seeds (inverse-variance); inconclusive if they disagree "
+                "beyond their errors.")
+
 RULES: dict[str, Rule] = {
-    "loss_stable_gradient_not_vanishing": Rule(
-        "inconclusive if the gradient norm's last-window mean is within 3 standard errors "
-        "of 0; held if the full loss's first and last plateau window means differ by at "
-        "most twice their combined standard error (no significant trend) and the gradient "
-        "norm's last-window mean is at least half its first plateau window's; otherwise "
-        "not held.", _loss_stable_gradient_not_vanishing),
+    "loss_equivalent_gradient_not_vanishing": Rule(
+        "held if the 90% interval of the full loss's change from the first to the last "
+        "plateau window (`loss_change`) lies inside +-5% of the progress already made "
+        "(`loss_initial` - `loss_window_first`: the second half lowered the loss by less "
+        "than a twentieth of what the first did) and the gradient norm's last window is at "
+        "least half its first and 3 standard errors clear of 0; not held if the interval "
+        "lies outside the margin or the gradient norm fell below half; otherwise "
+        "inconclusive." + _POOLED_TEXT,
+        _loss_equivalent_gradient_not_vanishing,
+        _pairs(("loss_change", "loss_change_stderr"),
+               ("grad_norm_last", "grad_norm_last_stderr")), _loss_interval),
     "smaller_lr_larger": Rule(
         "held if the plateau means (mean_i, learning rates in decreasing order) strictly "
         "increase with every gap larger than twice the combined standard error; not held "
-        "if any gap is below minus that margin; otherwise inconclusive.",
-        _ordered_decreasing_in_lr),
+        "if any gap is below minus that margin; otherwise inconclusive." + _POOLED_TEXT,
+        _ordered_decreasing_in_lr, _MEAN_PAIRS),
     "grows": Rule(
         "held if the late mean exceeds the early mean by more than twice the combined "
         "standard error; not held if it is lower by more than that; otherwise "
-        "inconclusive.", _grows),
+        "inconclusive." + _POOLED_TEXT, _grows,
+        _pairs(("early", "early_stderr"), ("late", "late_stderr"))),
     "drops": Rule(
         "held if the mean after is below the mean before by more than twice the combined "
-        "standard error; not held if above by more than that; otherwise inconclusive.",
-        _drops),
+        "standard error; not held if above by more than that; otherwise inconclusive."
+        + _POOLED_TEXT, _drops, _pairs(("before", "before_stderr"), ("after", "after_stderr"))),
     "vanishes": Rule(
         "held if the last gradient norm is at most 5% of the largest and the full loss at "
         "most 0.01; not held if it is at least 20% of the largest; otherwise inconclusive.",
@@ -240,11 +435,12 @@ RULES: dict[str, Rule] = {
     "inside_ball": Rule(
         "held if the largest weight norm of the run is at most the ball's radius; "
         "otherwise not held.", _inside_ball),
-    "gain_vanishes": Rule(
-        "held if the time-averaged one-step change of F and its standard error are both "
-        "at most 10% of `scale`, the mean size of one step's change; not held if the "
-        "change is larger than that and than twice its standard error; otherwise "
-        "inconclusive.", _gain_vanishes),
+    "step_change_vanishes": Rule(
+        "held if the 90% interval of the mean one-step change of F over the plateau "
+        "(`change_per_step`) lies inside +-10% of `scale`, the typical size of one step's "
+        "change; not held if it lies outside; otherwise inconclusive." + _POOLED_TEXT,
+        _step_change_vanishes, _pairs(("change_per_step", "change_per_step_stderr")),
+        _step_change_interval),
     "balance": Rule(
         "held if the ratio of the time averages (right side / left side) is in [0.5, 2]; "
         "not held outside [0.25, 4]; otherwise inconclusive.", _balance),
@@ -252,25 +448,58 @@ RULES: dict[str, Rule] = {
         "held if for some step-size scale c < 1 the mean one-step change plus twice its "
         "standard error is below 0 and below the change at c = 1; not held if for every "
         "c < 1 the change minus twice its standard error is above 0; otherwise "
-        "inconclusive.", _smaller_step_lowers_loss),
-    "measure_converges": Rule(
-        "held if the last two windows sample nearly one measure (`separation_last` <= "
-        "0.3: sliced W1 at most 30% of its bound from the distance between their "
-        "iterates) while the travel between windows stays at least half of what it was; "
-        "not held if `separation_last` >= 0.7 (the measure still drifts); otherwise "
-        "inconclusive.", _measure_converges),
-    "time_average_converges": Rule(
+        "inconclusive." + _POOLED_TEXT, _smaller_step_lowers_loss, _STEP_PAIRS),
+    "measure_matches_null": Rule(
+        "held if the last two windows' separation exceeds `separation_null`, the "
+        "separation of two interleaved halves of the last window (what the statistic "
+        "reads when both sample one measure), by at most 0.1 while the travel between "
+        "windows stays at least half of what it was; not held if it exceeds it by 0.3 or "
+        "more; otherwise inconclusive.", _measure_matches_null),
+    "time_average_equivalent": Rule(
+        "held if the 90% interval of the time average's relative change over the last "
+        "window (`average_change`) lies inside +-20% of the per-iterate fluctuation (the "
+        "last window's coefficient of variation): the average stands still while single "
+        "iterates do not; not held if it lies outside; otherwise inconclusive."
+        + _POOLED_TEXT, _time_average_equivalent,
+        _pairs(("average_change", "average_change_stderr")), _time_average_interval),
+}
+
+# The rules these replaced on 2026-12-03, each decided per seed and combined by
+# `combine`; a report shows their verdicts beside the new ones.
+LEGACY_RULES: dict[str, tuple[str, Rule]] = {
+    "loss_equivalent_gradient_not_vanishing": ("loss_stable_gradient_not_vanishing", Rule(
+        "inconclusive if the gradient norm's last-window mean is within 3 standard errors "
+        "of 0; held if the full loss's first and last plateau window means differ by at "
+        "most twice their combined standard error (no significant trend) and the gradient "
+        "norm's last-window mean is at least half its first plateau window's; otherwise "
+        "not held.", _loss_stable_gradient_not_vanishing)),
+    "step_change_vanishes": ("gain_vanishes", Rule(
+        "held if the study's one-step change of F at c = 1 (`change`) and its standard "
+        "error are both at most 10% of `scale`; not held if the change is larger than that "
+        "and than twice its standard error; otherwise inconclusive.", _gain_vanishes)),
+    "measure_matches_null": ("measure_converges", Rule(
+        "held if `separation_last` <= 0.3 while the travel between windows stays at least "
+        "half of what it was; not held if `separation_last` >= 0.7; otherwise "
+        "inconclusive.", _measure_converges)),
+    "time_average_equivalent": ("time_average_converges", Rule(
         "held if the time average's last relative change is within twice its relative "
-        "batch-means standard error and the per-iterate fluctuation (last window's "
-        "coefficient of variation) is at least 5x that change; not held if the change "
-        "exceeds four relative standard errors (a trend); otherwise inconclusive.",
-        _time_average_converges),
+        "batch-means standard error and the per-iterate fluctuation is at least 5x that "
+        "change; not held if the change exceeds four relative standard errors; otherwise "
+        "inconclusive.", _time_average_converges)),
 }
 
 
 def decide(rule: str, numbers: Numbers) -> str:
   """The verdict of `rule` on `numbers`."""
   return RULES[rule].decide(numbers)
+
+
+def legacy_verdict(rule: str, per_seed: Sequence[Numbers]) -> tuple[str, str] | None:
+  """(old rule's name, its combined verdict) for a rule that replaced one, else None."""
+  if rule not in LEGACY_RULES:
+    return None
+  name, old = LEGACY_RULES[rule]
+  return name, combine([old.decide(n) for n in per_seed])
 
 
 COMBINE_TEXT = ("held if held on a majority of the seeds and not held on none; not held if "

@@ -17,7 +17,30 @@ about, and each is repeated over `Suite.seeds` (independent replicates, in
   1 / (eta lambda) = 2,000 steps.
 - `overfit`: `configs/digits_interpolation.py` (no augmentation) on 256 examples without
   weight decay, to be fitted exactly (Figure 6).
+The Transformer arm is the Figure 3 twin (`configs/text_transformerxl.py`: Transformer-XL
+with AdamW on the bytes of `pydoc_data.topics`), over the same seeds:
+- `text_lr_<lr>` at `TEXT_LRS` (constant; the weight decay follows so that every run keeps
+  1 / (lr lambda) = 300 steps and lasts twenty of them);
+- `text_cosine`: the first rate, decayed to 0 over the run (Figure 3's schedule).
 The 1-D example (`configs/synthetic_1d.py`) is deterministic: it runs once.
+
+Sample sizes, computed before the run from the 2026-11-30 report's standard errors
+(docs/claims.md then), for the pooled estimates to decide:
+- Claim 20 (a smaller step lowers the loss): at c = 1/16 the change was -0.0006 with a
+  standard error of 0.0004 per seed over 8 checkpoints x 32 minibatches (the errors are
+  over checkpoints). Pooled over 3 seeds of s checkpoints each the error is
+  0.0004 sqrt(8 / s) / sqrt(3); "held" needs change + 2 se < 0, and with a margin of 1.5
+  on the change's size 2 se <= 0.0004, so se <= 0.0002 and s >= 8 (0.0004 / 0.0002)^2 / 3
+  = 10.7. `step_size_states` = 16 (each seed alone then has se ~0.0003), with
+  checkpoints every 12 epochs to provide them (18 in the second half).
+- Claim 19 (the mean one-step change of F vanishes) is decided on the change telescoped
+  from the diagnostic rows: a plateau window's batch-means error was ~0.01 in F, over
+  ~8,000 steps between the first and last windows' centres: se ~2e-6 per step against a
+  margin of 0.1 x 0.014 (a tenth of one step's typical change): no further samples needed.
+- Claim 1: the loss change's error (~0.01) against its margin (5% of ~1.7 = 0.085): no
+  further samples needed; claims 2-6 were decided on every seed alone already.
+- Claim 13 uses windows of two relaxation times (4,000 steps) of the 20,010-step run's
+  last 12,000 steps: the run needs no lengthening.
 `quick` shrinks every run (a narrower model, fewer steps, two seeds) into a smoke version
 for tests; its numbers are not evidence.
 """
@@ -29,7 +52,14 @@ from typing import NamedTuple
 
 import ml_collections
 
+import ctypes
+import multiprocessing
+import signal
+import sys
+from concurrent import futures
+
 from configs import digits_interpolation, quickstart, synthetic_1d as synthetic_config
+from configs import text_transformerxl
 from invmeasure.analysis import figures, synthetic_figures
 from invmeasure.data import batching, sources
 from invmeasure.training import replicates, synthetic_1d
@@ -37,12 +67,20 @@ from invmeasure.training import replicates, synthetic_1d
 # The learning rates of the constant runs, largest first.
 CONSTANT_LRS = (0.1, 0.03, 0.01)
 MEASURE_RUN = "lr_0.1"  # the run whose checkpoints sample the empirical measure
+# The Transformer arm's constant learning rates, largest first (AdamW).
+TEXT_LRS = (1e-2, 3e-3)
+TEXT_COSINE = "text_cosine"
+_PR_SET_PDEATHSIG = 1  # prctl option: a signal for this process when its parent dies
 # Where the 1-D example's claim (which has no seeds) stands in the report.
 SYNTHETIC_POSITION = 8
 
 
 def constant_name(lr: float) -> str:
   return f"lr_{lr:g}"
+
+
+def text_name(lr: float) -> str:
+  return f"text_lr_{lr:g}"
 
 
 class Suite(NamedTuple):
@@ -62,17 +100,18 @@ class Suite(NamedTuple):
   step_size_states: int         # plateau checkpoints in the step-size study
   step_size_minibatches: int
   synthetic_steps: int
+  text_arg: str                 # the argument of configs/text_transformerxl.py
 
 
 def full() -> Suite:
   return Suite(quick=False, seeds=(0, 1, 2), num_epochs=435, overfit_epochs=300,
                widths=(32, 64), diagnostic_every_steps=23, num_minibatches=16,
                sharpness_iters=5, projection_every_steps=10,
-               checkpoint_every_epochs=20,
+               checkpoint_every_epochs=12,
                # Up to 1,024 minibatches, past the paper's K = 600 (Appendix A.2).
                estimator_sample_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-               estimator_repeats=20, step_size_states=8, step_size_minibatches=32,
-               synthetic_steps=300)
+               estimator_repeats=20, step_size_states=16, step_size_minibatches=32,
+               synthetic_steps=300, text_arg="")
 
 
 def quick() -> Suite:
@@ -80,7 +119,7 @@ def quick() -> Suite:
                diagnostic_every_steps=5, num_minibatches=4,
                sharpness_iters=3, projection_every_steps=2, checkpoint_every_epochs=1,
                estimator_sample_sizes=(1, 2, 4, 8), estimator_repeats=4, step_size_states=2,
-               step_size_minibatches=4, synthetic_steps=120)
+               step_size_minibatches=4, synthetic_steps=120, text_arg="tiny")
 
 
 def _sized(config: ml_collections.ConfigDict, suite: Suite) -> ml_collections.ConfigDict:
@@ -137,6 +176,19 @@ def training_configs(suite: Suite) -> dict[str, ml_collections.ConfigDict]:
   overfit.diagnostics.every_steps = 8  # once an epoch (256 // 32 steps)
   overfit.log_every_steps = 8
   configs["overfit"] = overfit
+  configs.update(text_configs(suite))
+  return configs
+
+
+def text_configs(suite: Suite) -> dict[str, ml_collections.ConfigDict]:
+  """The Transformer arm's runs by name."""
+  def config(*args: str) -> ml_collections.ConfigDict:
+    return text_transformerxl.get_config(",".join(filter(None, (suite.text_arg,) + args)))
+  configs = {text_name(lr): config(f"lr={lr:g}") for lr in TEXT_LRS}
+  configs[TEXT_COSINE] = config(f"lr={TEXT_LRS[0]:g}", "cosine")
+  if suite.quick:  # enough rounds for the plateau's windows
+    for c in configs.values():
+      c.diagnostics.every_steps = 2
   return configs
 
 
@@ -146,12 +198,24 @@ def synthetic_config_for(suite: Suite) -> ml_collections.ConfigDict:
   return config
 
 
-def run_all(suite: Suite, workdir: str, log=print) -> tuple[str, dict[str, dict[int, str]]]:
+def _start_worker(cores) -> None:
+  """A worker process's initialiser: run on one core of its own (XLA sizes its thread
+  pool from the affinity), so that parallel runs do not oversubscribe the machine; and on
+  Linux get SIGTERM when the parent dies, so a killed report leaves no orphan writing to a
+  run (a run checkpoints on SIGTERM and the next report resumes it)."""
+  os.sched_setaffinity(0, {cores.get()})
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_all(suite: Suite, workdir: str, log=print,
+            jobs: int = 1) -> tuple[str, dict[str, dict[int, str]]]:
   """Trains every run of the suite that is not finished yet, on every seed.
 
   Returns the 1-D example's workdir and {run name: {seed: workdir}}. Each run resumes
   from its checkpoints like any training run, so rerunning the report after a kill
-  repeats no finished work.
+  repeats no finished work. With `jobs` > 1, that many runs train at once in worker
+  processes, each pinned to one core (small models use one core better than two).
   """
   runs_dir = os.path.join(workdir, "runs")
   synthetic_dir = os.path.join(runs_dir, "synthetic_1d")
@@ -159,11 +223,31 @@ def run_all(suite: Suite, workdir: str, log=print) -> tuple[str, dict[str, dict[
   config = synthetic_config_for(suite)
   synthetic_figures.draw_run(synthetic_dir, synthetic_1d.run(config, synthetic_dir), config)
   workdirs: dict[str, dict[int, str]] = {}
+  work = []
   for name, config in training_configs(suite).items():
     workdirs[name] = {}
     for seed in suite.seeds:
+      work.append((name, config, seed))
+      workdirs[name][seed] = replicates.seed_workdir(os.path.join(runs_dir, name), seed)
+  if jobs <= 1:
+    for name, config, seed in work:
       log(f"{name}, seed {seed}")
       replicates.train_seed(config, os.path.join(runs_dir, name), seed)
-      workdirs[name][seed] = replicates.seed_workdir(os.path.join(runs_dir, name), seed)
       figures.draw_run(workdirs[name][seed])
+    return synthetic_dir, workdirs
+  work.sort(key=lambda item: not item[0].startswith("text"))  # the longest runs first
+  context = multiprocessing.get_context("spawn")
+  cores = context.Queue()
+  for core in sorted(os.sched_getaffinity(0))[:jobs]:
+    cores.put(core)
+  with futures.ProcessPoolExecutor(min(jobs, len(os.sched_getaffinity(0))),
+                                   mp_context=context, initializer=_start_worker,
+                                   initargs=(cores,)) as pool:
+    pending = {pool.submit(replicates.train_seed, config, os.path.join(runs_dir, name),
+                           seed): (name, seed) for name, config, seed in work}
+    for done in futures.as_completed(pending):
+      name, seed = pending[done]
+      done.result()  # a failed run's error, raised here
+      figures.draw_run(workdirs[name][seed])
+      log(f"{name}, seed {seed}: done")
   return synthetic_dir, workdirs

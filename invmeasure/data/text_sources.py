@@ -2,6 +2,8 @@
 
 - `wikitext103`: the prepared TFDS data set (`invmeasure.data.wikitext103`), read through
   ArrayRecord; a one-line ConfigError names the prepare command when it is missing.
+- `pydoc_topics`: the UTF-8 bytes of the Python language reference's help topics, read
+  from the running interpreter (`invmeasure.data.pydoc_text`): real text, 5% held out.
 - `tiny_text`: test and smoke data, not a benchmark. A fixed synthetic stream of
   20,000 tokens over a 50-token vocabulary, sampled in memory from a first-order Markov
   chain (each token's successors drawn from a sparse Dirichlet, so the next token is
@@ -13,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from invmeasure.data import lm
+from invmeasure.data import lm, pydoc_text
 from invmeasure.errors import ConfigError
 
-DATASETS = ("tiny_text", "wikitext103")
+DATASETS = ("tiny_text", "pydoc_topics", "wikitext103")
 TINY_TEXT_TOKENS = 20_000
 TINY_TEXT_VOCAB = 50
 _TINY_TEXT_SEED = 0
@@ -50,6 +52,8 @@ def train_sizes(name: str) -> tuple[int, int]:
   """(training tokens, vocabulary size) of a data set, without reading it."""
   if name == "tiny_text":
     return TINY_TEXT_TOKENS, TINY_TEXT_VOCAB
+  if name == "pydoc_topics":
+    return len(pydoc_text.load_split("train")), pydoc_text.VOCAB_SIZE
   if name == "wikitext103":
     from invmeasure.data import wikitext103
     return wikitext103.NUM_TRAIN_TOKENS, wikitext103.VOCAB_SIZE
@@ -63,6 +67,8 @@ def load_stream(name: str, split: str, data_dir: str | None = None
     if split != "train":
       raise ConfigError(f"tiny_text has only a 'train' split, not {split!r}")
     return lm.TokenStream.from_array(tiny_text()), TINY_TEXT_VOCAB
+  if name == "pydoc_topics":
+    return lm.TokenStream.from_array(pydoc_text.load_split(split)), pydoc_text.VOCAB_SIZE
   if name == "wikitext103":
     from invmeasure.data import wikitext103
     stream = lm.TokenStream.from_tfds(split, data_dir)  # ConfigError when not prepared

@@ -366,8 +366,12 @@ class RelPartialLearnableMultiHeadAttn(nn.Module):
     return x + out if self.pre_lnorm else layer_norm(x + out)
 
 
+# Feed-forward activations by name: the original's ReLU, or GELU, differentiable everywhere.
+ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu}
+
+
 class PositionwiseFF(nn.Module):
-  """ReLU feed-forward network with its residual and LayerNorm."""
+  """Feed-forward network (ReLU or GELU) with its residual and LayerNorm."""
   d_model: int
   d_inner: int
   dropout: float = 0.0
@@ -375,6 +379,7 @@ class PositionwiseFF(nn.Module):
   init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -385,7 +390,8 @@ class PositionwiseFF(nn.Module):
                               scale_init=_layernorm_scale_init(self.init_std),
                               name="layer_norm")
     out = layer_norm(x) if self.pre_lnorm else x
-    out = nn.Dropout(self.dropout)(nn.relu(dense(self.d_inner, "core_0")(out)),
+    activation = ACTIVATIONS[self.activation]
+    out = nn.Dropout(self.dropout)(activation(dense(self.d_inner, "core_0")(out)),
                                    deterministic=not train)
     out = nn.Dropout(self.dropout)(dense(self.d_model, "core_1")(out), deterministic=not train)
     return x + out if self.pre_lnorm else layer_norm(x + out)
@@ -403,6 +409,7 @@ class DecoderLayer(nn.Module):
   init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x: Array, mem: Array, r: Array, mask: Array, r_w_bias: Array | None,
@@ -412,7 +419,8 @@ class DecoderLayer(nn.Module):
         self.init_std, self.dtype, self.param_dtype, name="dec_attn")(
             x, mem, r, mask, r_w_bias, r_r_bias, train)
     return PositionwiseFF(self.d_model, self.d_inner, self.dropout, self.pre_lnorm,
-                          self.init_std, self.dtype, self.param_dtype, name="pos_ff")(x, train)
+                          self.init_std, self.dtype, self.param_dtype, self.activation,
+                          name="pos_ff")(x, train)
 
 
 class TransformerXL(nn.Module):
@@ -445,6 +453,7 @@ class TransformerXL(nn.Module):
   same_length: bool = False
   untie_r: bool = False  # a u and v per layer instead of shared
   softmax_chunk: int = 1024
+  activation: str = "relu"  # the feed-forward's: 'relu' (the original's) or 'gelu'
   init_std: float = 0.02
   proj_init_std: float = 0.01
   dtype: Any = jnp.float32
@@ -473,7 +482,8 @@ class TransformerXL(nn.Module):
       self.r_r_bias = self.param("r_r_bias", init, (self.n_head, self.d_head),
                                  self.param_dtype)
     self.layers = [DecoderLayer(self.n_head, self.d_head, self.d_model, self.d_inner,
-                                self.dropout, self.dropatt, self.pre_lnorm, **common)
+                                self.dropout, self.dropatt, self.pre_lnorm, **common,
+                                activation=self.activation)
                    for _ in range(self.n_layer)]
     self.drop = nn.Dropout(self.dropout)
 
@@ -485,6 +495,9 @@ class TransformerXL(nn.Module):
     if len(self._tie_projs()) != len(self.cutoffs) + 1:
       raise ValueError(f"tie_projs={self.tie_projs} needs one entry per cluster "
                        f"({len(self.cutoffs) + 1})")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation={self.activation!r} is unknown; choose one of "
+                       f"{', '.join(ACTIVATIONS)}")
     if self.div_val < 1:
       raise ValueError(f"div_val={self.div_val} must be at least 1")
     if self.d_model % 2:
@@ -581,7 +594,8 @@ def transformer_xl(cfg: ml_collections.ConfigDict, vocab_size: int) -> Transform
       dropout=cfg.get("dropout", 0.1), dropatt=cfg.get("dropatt", 0.0),
       pre_lnorm=cfg.get("pre_lnorm", False), clamp_len=cfg.get("clamp_len", -1),
       same_length=cfg.get("same_length", False), untie_r=cfg.get("untie_r", False),
-      softmax_chunk=cfg.get("softmax_chunk", 1024), dtype=_DTYPES[dtype])
+      softmax_chunk=cfg.get("softmax_chunk", 1024), dtype=_DTYPES[dtype],
+      activation=cfg.get("activation", "relu"))
   model = TransformerXL(vocab_size=vocab_size, **fields)
   try:
     model._check()

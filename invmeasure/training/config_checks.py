@@ -122,7 +122,8 @@ def _check_augmentation(config: ml_collections.ConfigDict, text: bool) -> None:
   if text:
     if augment != "none":
       raise ConfigError(f"config.diagnostics.augment={augment!r} does not apply to a language "
-                        "model (its rounds run dropout off and an empty memory); set 'none'")
+                        "model (its rounds run dropout off; config.diagnostics.memory sets their "
+                        "memory); set 'none'")
     return
   name = config.get("augmentation", "none")
   if name not in augment_lib.AUGMENTATIONS:

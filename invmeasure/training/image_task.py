@@ -17,8 +17,8 @@ import numpy as np
 
 from invmeasure.data import augment, batching, sources
 from invmeasure.models import losses, registry
-from invmeasure.training import state as state_lib, step as step_lib
 from invmeasure.errors import ConfigError
+from invmeasure.training import optim, state as state_lib, step as step_lib
 from invmeasure.training.state import RunState
 
 
@@ -37,7 +37,7 @@ class ImageTask:
   augmentation_noise_std: float  # 'shift_noise': Gaussian pixel noise, in normalised units
   diagnostic_augment: bool     # diagnostic minibatches augmented as training batches are
   per_step: tuple[str, ...]    # quantities the train step measures (step.PER_STEP)
-  weight_decay: float          # lambda of F = f + lambda/2 ||x||^2
+  weight_decay: float          # lambda of F = f + lambda/2 ||x||^2 (0: decoupled decay)
   seed: int
   batch_size: int              # global training batch
   image_shape: tuple[int, ...]  # one example as the device sees it
@@ -70,7 +70,7 @@ class ImageTask:
                augmentation_noise_std=float(config.get("augmentation_noise_std", 0.0)),
                diagnostic_augment=config.diagnostics.get("augment", "train") == "train",
                per_step=step_lib.per_step_names(config),
-               weight_decay=float(config.optimizer.get("weight_decay", 0.0)),
+               weight_decay=optim.objective_weight_decay(config),
                seed=int(config.seed), batch_size=int(config.batch_size),
                image_shape=sources.IMAGE_SHAPES[config.dataset], source=source,
                num_examples=num_examples)

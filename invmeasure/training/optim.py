@@ -7,7 +7,7 @@ import optax
 
 from invmeasure.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 
 
@@ -39,7 +39,8 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
 
 def make_optimizer(config: ml_collections.ConfigDict,
                    schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum or Adam; weight decay as L2 in the gradient (PyTorch) or decoupled.
+  """SGD with momentum, Adam or AdamW; weight decay as L2 in the gradient (PyTorch) or
+  decoupled (always for 'adamw', `optax.adamw`).
 
   With `optimizer.decoupled_weight_decay=False` (the paper's PyTorch code) the decay
   lambda x is added to the gradient before momentum, so SGD follows f + lambda/2 ||x||^2.
@@ -47,6 +48,9 @@ def make_optimizer(config: ml_collections.ConfigDict,
   opt = config.optimizer
   decay = opt.get("weight_decay", 0.0)
   decoupled = opt.get("decoupled_weight_decay", False)
+  if opt.name == "adamw":  # Adam with decoupled weight decay, as optax names it
+    return optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
+                       eps=opt.get("eps", 1e-8), weight_decay=decay)
   if opt.name == "sgd":
     direction = optax.trace(decay=opt.momentum, nesterov=opt.get("nesterov", False))
   elif opt.name == "adam":
@@ -62,3 +66,13 @@ def make_optimizer(config: ml_collections.ConfigDict,
   else:
     parts = [optax.add_decayed_weights(decay), direction]
   return optax.chain(*parts, optax.scale_by_learning_rate(schedule))
+
+
+def objective_weight_decay(config: ml_collections.ConfigDict) -> float:
+  """The lambda of the objective F = f + lambda/2 ||x||^2 whose gradient the optimizer
+  sees: the weight decay when it is added to the gradient (L2, as PyTorch's SGD), 0 when
+  it is decoupled (AdamW): a decoupled decay shrinks the weights outside the gradient, so
+  no penalised objective is minimised and the objective is f itself."""
+  opt = config.optimizer
+  decoupled = opt.name == "adamw" or opt.get("decoupled_weight_decay", False)
+  return 0.0 if decoupled else float(opt.get("weight_decay", 0.0))
