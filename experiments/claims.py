@@ -16,7 +16,7 @@ from absl import flags
 from absl import logging
 
 from invmeasure.claims import pipeline
-from invmeasure.training.errors import ConfigError, TrainingError
+from invmeasure.errors import ConfigError, TrainingError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the runs and the report.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Tiny runs (seconds each): a smoke test of the '
@@ -41,6 +41,10 @@ def main(argv: list[str]) -> None:
                                  jobs=_JOBS.value)
   except (ConfigError, TrainingError) as error:
     sys.exit(f'error: {error}')
+  except OSError as error:
+    sys.exit(f'error: cannot write {error.filename or _WORKDIR.value}: '
+             f'{error.strerror or error}; the finished runs under {_WORKDIR.value}/runs are '
+             'kept and the rest resume from their checkpoints: rerun the same command')
   print(f'Wrote {path}')
 
 

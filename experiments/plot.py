@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 
 from invmeasure.analysis import figures
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_multi_string(
     "workdir", None, "A run directory (holding metrics.jsonl); repeat to overlay runs.")

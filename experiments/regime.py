@@ -3,8 +3,9 @@ r"""Whether runs sit in the paper's Figure 1 regime: a table with a column per s
     python -m experiments.run --config=configs/quickstart.py --workdir=runs/qs --seeds=0,1,2
     python -m experiments.regime --workdir=runs/qs --out=docs/regime.md
 
---workdir is a run directory, or one holding `seed_<s>` run directories (what `--seeds`
-writes); repeat it to compare runs. The properties and their fixed thresholds are in
+--workdir is a run directory (local or gs://), or one holding `seed_<s>` run directories
+(what `--seeds` writes); repeat it to compare runs. A run whose config changed when it was
+resumed gets a line under the table naming the change and its step. The properties and their fixed thresholds are in
 invmeasure/analysis/regime.py. Exits with status 1 when a property fails on some run.
 """
 
@@ -15,7 +16,8 @@ from absl import app
 from absl import flags
 
 from invmeasure.analysis import regime, runs
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
+from invmeasure.training import storage
 
 _WORKDIR = flags.DEFINE_multi_string(
     'workdir', None, 'A run directory, or one holding seed_<s> run directories.')
@@ -24,7 +26,8 @@ flags.mark_flag_as_required('workdir')
 
 
 def _run_dirs(workdir: str) -> list[str]:
-  seeds = sorted((d for d in os.listdir(workdir) if d.startswith('seed_')),
+  names = [p.name for p in storage.path(workdir).iterdir()]
+  seeds = sorted((d for d in names if d.startswith('seed_')),
                  key=lambda d: int(d[len('seed_'):]) if d[len('seed_'):].isdigit() else -1)
   return [os.path.join(workdir, d) for d in seeds] or [workdir]
 
@@ -34,7 +37,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
     for workdir in _WORKDIR.value:
-      if not os.path.isdir(workdir):
+      if not storage.path(workdir).is_dir():
         raise ConfigError(f'--workdir={workdir} does not exist; run experiments.run first')
     dirs = [(w, d) for w in _WORKDIR.value for d in _run_dirs(w)]
     loaded = [runs.load_run(d) for _, d in dirs]
@@ -46,10 +49,18 @@ def main(argv: list[str]) -> None:
   numbers = [regime.regime_numbers(run.rows, run.config, regime.steps_per_epoch(run.rows))
              for run in loaded]
   text = regime.table(names, numbers)
+  notes = [f'- {name}: config changed at step {entry["step"]} ('
+           + ', '.join(f'{k} {c["old"]} -> {c["new"]}' for k, c in entry['changes'].items())
+           + f'; {entry["accepted_by"]})'
+           for name, run in zip(names, loaded) for entry in run.history]
+  if notes:
+    text += '\n\n' + '\n'.join(notes)
   print(text)
   if _OUT.value:
-    with open(_OUT.value, 'w', encoding='utf-8') as f:
-      f.write(text + '\n')
+    try:
+      storage.write_text(_OUT.value, text + '\n')
+    except OSError as error:
+      sys.exit(f'error: cannot write --out={_OUT.value}: {error.strerror or error}')
   if not all(all(regime.decide(n).values()) for n in numbers):
     sys.exit(1)
 

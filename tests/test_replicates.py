@@ -7,6 +7,7 @@ import os
 import pytest
 
 from configs import quickstart
+from invmeasure.analysis import figures
 from invmeasure.training import replicates
 from invmeasure.training.errors import ConfigError
 from tests import driver
@@ -17,6 +18,7 @@ def test_each_seed_is_its_own_run_and_a_rerun_repeats_nothing(tmp_path):
   config.num_train_steps = 4
   workdir = str(tmp_path / "runs")
   replicates.train_seeds(config, workdir, [3, 5])
+  figures.draw_seeds(workdir, [3, 5])  # what experiments.run draws after them
   assert sorted(os.listdir(workdir)) == ["figures", "seed_3", "seed_5"]
   tables = {}
   for seed in (3, 5):

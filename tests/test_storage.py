@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from invmeasure.analysis import figures
+from invmeasure.analysis import synthetic_figures
 from invmeasure.training import metric_writer, storage, synthetic_1d
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 from tests.driver import REPO, assert_same_run, rows, run
 
 import configs.synthetic_1d
@@ -44,6 +44,12 @@ def _start(workdir, cwd, *overrides, env=None):
   return subprocess.Popen([sys.executable, "-m", "experiments.run", f"--config={CONFIG}",
                            f"--workdir={workdir}", *overrides], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _entry_point(module, cwd, *args, env):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
+                        env={**os.environ, **env, "PYTHONPATH": REPO}, capture_output=True,
+                        text=True, timeout=300)
 
 
 def _event_records(path):
@@ -129,6 +135,7 @@ def test_the_synthetic_example_writes_into_a_bucket(fake_gcs):
   config = configs.synthetic_1d.get_config()
   config.num_steps = 20
   written = synthetic_1d.run(config, "gs://bucket/synthetic")
+  synthetic_figures.draw_run("gs://bucket/synthetic", written, config)
   local = _local(fake_gcs, "gs://bucket/synthetic")
   assert metric_writer.read_metrics(os.path.join(local, "metrics.jsonl")) == written
   assert sorted(os.listdir(local)) == ["config.json", "figures", "metrics.jsonl"]
@@ -163,9 +170,17 @@ def test_a_gs_run_resumes_exactly_after_a_kill(fake_gcs, tmp_path):
             for name in os.listdir(os.path.join(local, "tensorboard"))]
   assert events and all(_event_records(path) > 1 for path in events)
   assert os.listdir(cwd) == []  # nothing written locally: no `gs:` folder
-  # experiments.plot's path: the figures drawn again from the bucket, elsewhere.
-  drawn = figures.write_figures([BUCKET_RUN], str(tmp_path / "plots"))
-  assert sorted(os.path.basename(p) for p in drawn) == sorted(os.listdir(tmp_path / "plots"))
+  # The read-only entry points on the bucket run: no lock, nothing written locally.
+  plot = _entry_point("experiments.plot", cwd, f"--workdir={BUCKET_RUN}",
+                      f"--out_dir={BUCKET_RUN}/replotted", env=env)
+  assert plot.returncode == 0, plot.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(local, "replotted"))) == sorted(
+      os.listdir(os.path.join(reference, "figures")))
+  regime = _entry_point("experiments.regime", cwd, f"--workdir={BUCKET_RUN}",
+                        f"--out={BUCKET_RUN}/regime.md", env=env)
+  assert "Traceback" not in regime.stderr and "loss plateaus above zero" in regime.stdout
+  assert open(os.path.join(local, "regime.md")).read().strip() == regime.stdout.strip()
+  assert os.listdir(cwd) == [] and "lock.json" not in os.listdir(local)
 
 
 def test_a_gs_data_dir_without_the_cloud_libraries_is_one_line(monkeypatch):

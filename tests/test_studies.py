@@ -12,11 +12,11 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from configs import digits_interpolation  # un-augmented: a finite training set
-from invmeasure.analysis import study_figures
+from invmeasure.studies import figures as study_figures
 from invmeasure.data import batching, sources
 from invmeasure.studies import estimators, restore, step_size
 from invmeasure.training import loop
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

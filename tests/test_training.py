@@ -1,16 +1,19 @@
-"""The training driver end to end: rows, exact resume after SIGKILL, SIGTERM, devices,
-processes, divergence and bad input."""
+"""The training driver end to end: rows, exact resume after SIGKILL (the killed run's lock
+taken over), a second run on the same workdir refused, SIGTERM, devices, processes,
+divergence and bad input."""
 
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
 import numpy as np
 import pytest
 
+from invmeasure.training import run_lock
 from tests.driver import (REPO, assert_rows_close, assert_same_run, command, final_params,
                           flatten, kill_when, projection_rows, rows, run)
 
@@ -60,8 +63,37 @@ def test_sigkill_at_any_moment_then_resume_gives_identical_rows_and_weights(refe
     process = subprocess.Popen(command(workdir, *LONG), cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     kill_when(process, workdir, int(min_step))
-  run(workdir, *LONG)
+  # The killed run's lock names a process that is gone: the rerun takes it over.
+  notices = [line for line in run(workdir, *LONG).stderr.splitlines()
+             if line.startswith("notice: took over the stale lock")]
+  assert len(notices) == 1 and f"of pid {process.pid} on host" in notices[0], notices
+  assert not os.path.exists(os.path.join(workdir, run_lock.LOCK_FILE))
   assert_same_run(workdir, reference, 120)
+
+
+def test_a_second_run_is_refused_while_the_first_finishes_untouched(reference, tmp_path):
+  workdir = str(tmp_path / "shared")
+  first = subprocess.Popen(command(workdir, *LONG), cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  lock = os.path.join(workdir, run_lock.LOCK_FILE)
+  while first.poll() is None and not os.path.exists(lock):
+    time.sleep(0.005)
+  first.send_signal(signal.SIGSTOP)  # alive and holding the lock while the second tries
+  try:
+    second = subprocess.run(command(workdir, *LONG), cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+  finally:
+    first.send_signal(signal.SIGCONT)
+  _, stderr = first.communicate(timeout=300)
+  assert first.returncode == 0, stderr[-3000:]
+  assert second.returncode == 1
+  (line,) = second.stderr.strip().splitlines()
+  assert re.fullmatch(
+      rf"error: --workdir={workdir} is in use by another run \(pid {first.pid} on host "
+      rf"{re.escape(socket.gethostname())}, started \S+; {lock}\); wait for it to end, or use "
+      r"another --workdir", line), line
+  assert_same_run(workdir, reference, 120)
+  assert not os.path.exists(lock)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_continues(reference, tmp_path):
@@ -121,6 +153,16 @@ def test_distributed_auto_joins_the_job_a_slurm_environment_describes(reference,
   assert_rows_close(rows(workdir), rows(reference))
   # One job, not two separate runs: the second process wrote its part of the checkpoint.
   assert "ocdbt.process_1" in os.listdir(os.path.join(workdir, "checkpoints", "120", "default"))
+  # Both processes follow process 0's verdict on a changed config, before anything runs.
+  changed = [(command(workdir, *LONG, "--config.seed=7", "--distributed_auto"),
+              {**env, "SLURM_JOB_ID": str(job + 1), "SLURM_PROCID": str(i),
+               "SLURM_LOCALID": str(i)}) for i in range(2)]
+  procs = [subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for cmd, e in changed]
+  errors = [p.communicate(timeout=300)[1] for p in procs]
+  assert [p.returncode for p in procs] == [1, 1], errors
+  assert "error: --workdir=" in errors[0] and "(seed: 0 -> 7)" in errors[0], errors[0]
+  assert "error: process 0 refused to start the run" in errors[1], errors[1]
 
 
 def test_sigterm_to_one_process_of_two_stops_both_after_the_same_step(reference, tmp_path):
@@ -183,7 +225,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, expected):
   from invmeasure.training import loop
-  from invmeasure.training.errors import ConfigError
+  from invmeasure.errors import ConfigError
   import configs.quickstart as quickstart
   config = quickstart.get_config("tiny")
   field, value = override[len("--config."):].split("=")

@@ -9,6 +9,9 @@
 - `weights.png`: the weight norm (Theorem 4.3 keeps it bounded under weight decay) and
   the distance travelled from the initialisation.
 
+A run whose config changed when it was resumed (`config_history.jsonl`) has a dash-dot line
+where each change took effect, and its label names the change.
+
 Runs are labelled by what differs between their configs (`runs.config_differences`); runs
 whose configs differ only in `seed` are replicates, drawn as their mean with a min-to-max
 band (`runs.seed_groups`). A
@@ -32,7 +35,7 @@ from matplotlib.lines import Line2D
 from invmeasure.analysis import runs as runs_lib
 from invmeasure.analysis.runs import Run
 from invmeasure.training import storage
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 TRAINING_DYNAMICS = "training_dynamics.png"
 MOVING_AVERAGE = "moving_average_vs_last_iterate.png"
@@ -140,12 +143,15 @@ def _group_values(group: Sequence[Run], curve: Curve
   return common, stacked.mean(0), stacked.min(0), stacked.max(0)
 
 
-def _style_legend(ax: Axes, curves: Sequence[Curve], with_lr_line: bool) -> None:
+def _style_legend(ax: Axes, curves: Sequence[Curve], with_lr_line: bool,
+                  with_config_line: bool = False) -> None:
   """A legend of the panel's line styles, in grey, independent of the run colours."""
   handles = [Line2D([], [], color="0.3", linestyle=c.linestyle, marker=c.marker, ms=4,
                     label=c.label) for c in curves]
   if with_lr_line:
     handles.append(Line2D([], [], color="0.3", linestyle=":", lw=1, label="lr change"))
+  if with_config_line:
+    handles.append(Line2D([], [], color="0.3", linestyle="-.", lw=1, label="config change"))
   if len(handles) > 1:
     ax.legend(handles=handles, fontsize=7, loc="best", handlelength=3)
 
@@ -186,13 +192,17 @@ def _draw_panel(ax: Axes, panel: Panel, groups: Sequence[Sequence[Run]],
   if not drawn:
     _mark_not_measured(ax, panel)
     return False
-  any_lr_line = False
+  any_lr_line = any_config_line = False
   for changes, color in zip(lr_changes, colors):
     for epoch in changes:
       ax.axvline(epoch, color=color, linestyle=":", lw=1, alpha=0.8)
       any_lr_line = True
+  for group, color in zip(groups, colors):
+    for epoch, _ in runs_lib.config_changes(group[0]):
+      ax.axvline(epoch, color=color, linestyle="-.", lw=1, alpha=0.8)
+      any_config_line = True
   present = [c for c in panel.curves if c in drawn]
-  _style_legend(ax, present, any_lr_line)
+  _style_legend(ax, present, any_lr_line, any_config_line)
   ax.set(xlabel="epoch", ylabel=panel.ylabel)
   if panel.log_y and _spans_a_decade(
       np.concatenate([_values(run, c)[1] for group in groups for run in group
@@ -270,7 +280,10 @@ def write_figures(workdirs: Sequence[str], out_dir: str) -> list[str]:
   for run in runs:
     _check_has_epochs(run)
   groups = runs_lib.seed_groups(runs)
-  labels = runs_lib.group_labels(groups)
+  # A run resumed with a changed config says so in its label (config_history.jsonl).
+  labels = [label + "".join(f"; from epoch {epoch:.3g}: {what}"
+                            for epoch, what in runs_lib.config_changes(group[0]))
+            for label, group in zip(runs_lib.group_labels(groups), groups)]
   colors = [f"C{i % 10}" for i in range(len(groups))]
   storage.makedirs(out_dir)
 
@@ -288,3 +301,15 @@ def write_figures(workdirs: Sequence[str], out_dir: str) -> list[str]:
   paths.append(_draw_figure(groups, labels, colors, WEIGHTS_PANELS,
                             os.path.join(out_dir, WEIGHTS), _title(runs, "Weights")))
   return paths
+
+
+def draw_run(workdir: str) -> list[str]:
+  """The figures of the run in `workdir`, into its `figures/` (what experiments.run draws
+  when a run ends)."""
+  return write_figures([workdir], os.path.join(workdir, "figures"))
+
+
+def draw_seeds(workdir: str, seeds: Sequence[int]) -> list[str]:
+  """The seeds' mean with a band, from `workdir/seed_<s>`, into `workdir/figures`."""
+  return write_figures([os.path.join(workdir, f"seed_{seed}") for seed in seeds],
+                       os.path.join(workdir, "figures"))

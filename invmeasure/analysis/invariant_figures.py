@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from invmeasure.analysis import invariant
+from invmeasure.training import storage
 from invmeasure.analysis.invariant import Equation10, WindowComparison
 
 BIRKHOFF_FIELDS = ("full_loss", "grad_norm", "noise_norm", "sharpness")
@@ -35,8 +36,8 @@ def _save(fig: Figure, path: str) -> str:
   """Writes `fig` to `path`, creating its directory."""
   directory = os.path.dirname(path)
   if directory:
-    os.makedirs(directory, exist_ok=True)
-  fig.savefig(path, dpi=_DPI)
+    storage.makedirs(directory)
+  storage.save_figure(fig, path, dpi=_DPI)
   return path
 
 

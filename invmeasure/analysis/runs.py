@@ -1,7 +1,9 @@
 """A finished (or running) experiment's workdir, read back for analysis.
 
-A workdir holds `config.json` (the run's config, nested) and `metrics.jsonl` (one row per
-line, each with `step` and `epoch`; see `invmeasure.training.metric_writer`). Rows carry
+A workdir (local or `gs://`) holds `config.json` (the run's config, nested, as it is now),
+`config_history.jsonl` (the changes a resumed run made to it, each with its step; see
+`invmeasure.training.provenance`) and `metrics.jsonl` (one row per line, each with `step`
+and `epoch`; see `invmeasure.training.metric_writer`). Rows carry
 different groups of fields (training, epoch-end, diagnostic), so every series extracted
 here skips the rows that do not carry the field asked for.
 """
@@ -9,7 +11,6 @@ here skips the rows that do not carry the field asked for.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -17,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from invmeasure.training import metric_writer, storage
-from invmeasure.training.errors import ConfigError
+from invmeasure.training import metric_writer, provenance, storage
+from invmeasure.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -32,11 +33,13 @@ BOOKKEEPING_PREFIXES = ("checkpoint_every_steps", "log_every_steps", "diagnostic
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One run: where it lives, its config (nested dicts) and its metric rows, in order."""
+  """One run: where it lives, its config (nested dicts), its metric rows in order, and the
+  changes made to its config when it was resumed (`provenance.read_history`)."""
 
   workdir: str
   config: dict[str, Any]
   rows: list[dict[str, Any]]
+  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   @property
   def name(self) -> str:
@@ -51,17 +54,7 @@ class Run:
 
 def _read_config(workdir: str) -> dict[str, Any]:
   """The parsed `config.json` of `workdir`, or {} when the run has none."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not storage.path(path).exists():
-    return {}
-  try:
-    with storage.path(path).open("r") as f:
-      config = json.load(f)
-  except json.JSONDecodeError as error:
-    raise ConfigError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
-  if not isinstance(config, dict):
-    raise ConfigError(f"{path}: expected a JSON object, got {type(config).__name__}")
-  return config
+  return provenance.read_config(workdir) or {}
 
 
 def load_run(workdir: str) -> Run:
@@ -82,7 +75,8 @@ def load_run(workdir: str) -> Run:
     raise ConfigError(str(error)) from None
   if not rows:
     raise ConfigError(f"--workdir={workdir}: {METRICS_FILE} has no rows yet")
-  return Run(workdir=workdir, config=_read_config(workdir), rows=rows)
+  return Run(workdir=workdir, config=_read_config(workdir), rows=rows,
+             history=provenance.read_history(workdir))
 
 
 def has_field(run: Run, field: str) -> bool:
@@ -111,6 +105,20 @@ def series(run: Run, field: str, *, x: str = "epoch",
     return np.zeros(0), np.zeros(0)
   xs, values = zip(*pairs)
   return np.asarray(xs, dtype=float), np.asarray(values, dtype=float)
+
+
+def config_changes(run: Run, *, x: str = "epoch") -> list[tuple[float, str]]:
+  """(x, what changed) for each recorded change of the run's config, e.g.
+  `(1.3, "num_train_steps 60 -> 120")`, x being the epoch (or step) it took effect."""
+  per_step = next((row["epoch"] / row["step"] for row in run.rows
+                   if row.get("step") and row.get("epoch") is not None), None)
+  marks = []
+  for entry in run.history:
+    at = entry["step"] if x == "step" or per_step is None else entry["step"] * per_step
+    what = ", ".join(f"{field} {_format_value(change['old'])} -> {_format_value(change['new'])}"
+                     for field, change in entry["changes"].items())
+    marks.append((float(at), what))
+  return marks
 
 
 def _same(a: float, b: float) -> bool:

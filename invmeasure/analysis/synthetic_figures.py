@@ -17,7 +17,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from invmeasure.training import storage
+from invmeasure.training import storage, synthetic_1d
+
+FIGURE = 'synthetic_1d.png'
 
 
 def _group_by_lr(rows: Sequence[dict]) -> dict[float, dict[str, np.ndarray]]:
@@ -90,3 +92,13 @@ def plot_gradient_descent_runs(rows: Sequence[dict], fn: Callable, path: str, *,
     storage.makedirs(directory)
   storage.save_figure(fig, path, dpi=110)
   plt.close(fig)
+
+
+def draw_run(workdir: str, rows: Sequence[dict], config) -> str:
+  """Draws the 1-D example run of `config` (its metric `rows`) into
+  `workdir/figures/synthetic_1d.png`; returns the path."""
+  path = os.path.join(workdir, 'figures', FIGURE)
+  plot_gradient_descent_runs(rows, synthetic_1d.get_function(config.function), path,
+                             smoothness=synthetic_1d.SMOOTHNESS,
+                             title=f'Gradient descent on {config.function}')
+  return path

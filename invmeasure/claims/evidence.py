@@ -13,10 +13,11 @@ from typing import Sequence
 
 import numpy as np
 
-from invmeasure.analysis import invariant, invariant_figures, regime, runs, study_figures
+from invmeasure.analysis import invariant, invariant_figures, regime, runs
 from invmeasure.claims import rules
 from invmeasure.claims.report import Claim, make_claim
 from invmeasure.studies import estimators as estimators_lib, restore, step_size as step_size_lib
+from invmeasure.studies import figures as study_figures
 from invmeasure.training import metric_writer, projections
 
 NUM_WINDOWS = 5   # windows of a plateau: enough for a batch-means standard error

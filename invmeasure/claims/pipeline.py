@@ -9,7 +9,7 @@ import time
 
 from invmeasure.analysis import figures, invariant_figures, runs
 from invmeasure.claims import evidence, report, suite as suite_lib
-from invmeasure.training import config_checks, metric_writer
+from invmeasure.training import config_checks, metric_writer, storage
 
 
 def _log(message: str) -> None:
@@ -71,7 +71,7 @@ def write_report(workdir: str, quick: bool = False, seeds: tuple[int, ...] | Non
   suite = suite_lib.quick() if quick else suite_lib.full()
   if seeds:
     suite = suite._replace(seeds=tuple(seeds))
-  os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+  storage.makedirs(os.path.join(workdir, "figures"))
   synthetic_dir, workdirs = suite_lib.run_all(suite, workdir,
                                               log=lambda name: _log(f"run {name}"), jobs=jobs)
   trained = time.time()
@@ -88,7 +88,7 @@ def write_report(workdir: str, quick: bool = False, seeds: tuple[int, ...] | Non
   per_seed = []
   for seed in suite.seeds:
     _log(f"claims of seed {seed} (with its fixed-weight studies)")
-    os.makedirs(fig(f"seed_{seed}"), exist_ok=True)
+    storage.makedirs(fig(f"seed_{seed}"))
     paths = {name: by_seed[seed] for name, by_seed in workdirs.items()}
     per_seed.append(_seed_claims(suite, paths, dynamics, lr_figure, fig(f"seed_{seed}"), rel))
   claims = [report.combine(suite.seeds, same) for same in zip(*per_seed)]

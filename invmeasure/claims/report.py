@@ -9,6 +9,7 @@ import platform
 from typing import Mapping, NamedTuple, Sequence
 
 from invmeasure.claims import rules
+from invmeasure.training import storage
 
 
 class Claim(NamedTuple):
@@ -118,18 +119,16 @@ def machine() -> str:
 
 def write(claims: Sequence[Claim], directory: str, header: Mapping[str, str]) -> str:
   """Writes claims.md and claims.json into `directory`; returns the markdown's path."""
-  with open(os.path.join(directory, "claims.json"), "w", encoding="utf-8") as f:
-    json.dump({"header": dict(header), "claims": [c._asdict() for c in claims]}, f, indent=1)
+  storage.write_text(os.path.join(directory, "claims.json"), json.dumps(
+      {"header": dict(header), "claims": [c._asdict() for c in claims]}, indent=1))
   path = os.path.join(directory, "claims.md")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(_markdown(claims, header))
+  storage.write_text(path, _markdown(claims, header))
   return path
 
 
 def read(directory: str) -> list[Claim]:
   """The claims of a written report (for checking verdicts against the rules)."""
-  with open(os.path.join(directory, "claims.json"), encoding="utf-8") as f:
-    data = json.load(f)
+  data = json.loads(storage.path(os.path.join(directory, "claims.json")).read_text())
   return [Claim(**{**c, "figures": tuple(c["figures"]), "seeds": tuple(c.get("seeds", ())),
                   "per_seed": tuple(c.get("per_seed", ())),
                   "seed_verdicts": tuple(c.get("seed_verdicts", ()))})

@@ -58,6 +58,7 @@ from concurrent import futures
 
 from configs import digits_interpolation, quickstart, synthetic_1d as synthetic_config
 from configs import text_transformerxl
+from invmeasure.analysis import figures, synthetic_figures
 from invmeasure.data import batching, sources
 from invmeasure.training import replicates, synthetic_1d
 
@@ -221,7 +222,8 @@ def run_all(suite: Suite, workdir: str, log=print,
   runs_dir = os.path.join(workdir, "runs")
   synthetic_dir = os.path.join(runs_dir, "synthetic_1d")
   log("synthetic_1d")
-  synthetic_1d.run(synthetic_config_for(suite), synthetic_dir)
+  config = synthetic_config_for(suite)
+  synthetic_figures.draw_run(synthetic_dir, synthetic_1d.run(config, synthetic_dir), config)
   workdirs: dict[str, dict[int, str]] = {}
   work = []
   for name, config in training_configs(suite).items():
@@ -233,6 +235,7 @@ def run_all(suite: Suite, workdir: str, log=print,
     for name, config, seed in work:
       log(f"{name}, seed {seed}")
       replicates.train_seed(config, os.path.join(runs_dir, name), seed)
+      figures.draw_run(workdirs[name][seed])
     return synthetic_dir, workdirs
   work.sort(key=lambda item: not item[0].startswith("text"))  # the longest runs first
   context = multiprocessing.get_context("spawn")
@@ -247,5 +250,6 @@ def run_all(suite: Suite, workdir: str, log=print,
     for done in futures.as_completed(pending):
       name, seed = pending[done]
       done.result()  # a failed run's error, raised here
+      figures.draw_run(workdirs[name][seed])
       log(f"{name}, seed {seed}: done")
   return synthetic_dir, workdirs

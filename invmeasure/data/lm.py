@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 ReadChunks = Callable[[Sequence[int]], Sequence[np.ndarray]]
 

@@ -20,7 +20,7 @@ import platform
 
 import numpy as np
 
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 VOCAB_SIZE = 256  # bytes
 BLOCK_BYTES = 4096

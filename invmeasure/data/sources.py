@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from invmeasure.data import imagenet
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 
 class Source(Protocol):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from invmeasure.data import lm, pydoc_text
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 DATASETS = ("tiny_text", "pydoc_topics", "wikitext103")
 TINY_TEXT_TOKENS = 20_000

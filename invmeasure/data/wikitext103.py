@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 EOS = "<eos>"
 UNK = "<unk>"

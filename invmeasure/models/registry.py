@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from invmeasure.models import resnet, small, transformer_xl
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 
 def _small_cnn(cfg, num_classes):

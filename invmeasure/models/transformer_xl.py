@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 Array = jax.Array
 Initializer = Callable[..., Array]

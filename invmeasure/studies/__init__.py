@@ -9,7 +9,7 @@
     plan, state = restore.load_run_state("runs/quickstart")
     study = estimators.estimator_convergence(plan, state, (1, 4, 16, 64), 10, seed=0)
 
-Figures of both are in `invmeasure.analysis.study_figures`.
+Figures of both are in `invmeasure.studies.figures`.
 """
 
 from invmeasure.studies import estimators, restore, step_size

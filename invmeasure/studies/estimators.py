@@ -39,7 +39,7 @@ from jax.flatten_util import ravel_pytree
 from invmeasure.data import batching
 from invmeasure.studies import restore
 from invmeasure.studies._task_cache import per_task
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 from invmeasure.training.state import RunState
 
 QUANTITIES = ("loss", "grad_norm_sq", "noise_sq", "sharpness")

@@ -7,16 +7,14 @@ experiments can be made at fixed weights long after the run ended.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from invmeasure.training import checkpoints, loop
-from invmeasure.training.errors import ConfigError
+from invmeasure.training import checkpoints, loop, provenance, storage
+from invmeasure.errors import ConfigError
 from invmeasure.training.state import RunState
 
 
@@ -29,19 +27,20 @@ def _tuples(value: Any) -> Any:
   return value
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was started with, from `workdir/config.json` (ConfigError if none)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+  """The config of the run in `workdir` (local or `gs://`), as it was at `step` (changes
+  recorded in its config history after `step` undone; the latest when None).
+
+  Raises:
+    ConfigError: the workdir has no config.json, or an unreadable one.
+  """
+  fields = provenance.read_config(workdir)
+  if fields is None:
     raise ConfigError(f"--workdir={workdir} has no config.json, so it is not a run's "
                       "workdir; pass the directory `python -m experiments.run --workdir=...` "
                       "wrote")
-  with open(path, encoding="utf-8") as f:
-    try:
-      fields = json.load(f)
-    except json.JSONDecodeError as error:
-      raise ConfigError(f"{path} is not valid JSON ({error}); rerun the run's command to "
-                        "rewrite it") from None
+  if step is not None:
+    fields = provenance.config_at(fields, provenance.read_history(workdir), step)
   return ml_collections.ConfigDict(_tuples(fields))
 
 
@@ -51,11 +50,11 @@ def checkpoint_steps(workdir: str) -> list[int]:
   Orbax writes a step to a temporary directory and renames it to the step's number when
   complete, so only finished checkpoints are listed.
   """
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  directory = storage.checkpoint_directory(workdir)
+  if not directory.is_dir():
     return []
-  return sorted(int(name) for name in os.listdir(directory)
-                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+  return sorted(int(entry.name) for entry in directory.iterdir()
+                if entry.name.isdigit() and entry.is_dir())
 
 
 def _checked_steps(workdir: str, steps: list[int] | None) -> list[int]:
@@ -84,8 +83,10 @@ def load_run_states(workdir: str, steps: list[int] | None = None
   Raises a ConfigError naming the workdir and the steps that exist when there is no
   config or no such checkpoint.
   """
-  config = load_config(workdir)
   steps = _checked_steps(workdir, steps)
+  # The plan of the earliest step: a run may have changed only fields that leave the
+  # trajectory alone since, or ones --accept_config_change recorded.
+  config = load_config(workdir, min(steps))
   plan = loop.make_plan(config)
   like = loop.init_state_fn(plan)(loop.init_key(config))
   checkpointer = checkpoints.Checkpointer(workdir)

@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 from invmeasure.data import batching
 from invmeasure.studies import estimators, restore
 from invmeasure.studies._task_cache import per_task
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 from invmeasure.training.state import RunState
 
 DEFAULT_SCALES = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from invmeasure.training import storage
-from invmeasure.training.errors import TrainingError
+from invmeasure.errors import TrainingError
 from invmeasure.training.state import RunState
 
 UNREADABLE_SUFFIX = ".unreadable"
@@ -91,7 +91,7 @@ def _drop_failed_restore_reports() -> None:
   sys.unraisablehook = hook
 
 
-def _all_processes(ok: bool) -> bool:
+def all_processes(ok: bool) -> bool:
   """Whether `ok` holds on every process (one process's failed read is everyone's)."""
   if jax.process_count() == 1:
     return ok
@@ -174,7 +174,7 @@ class Checkpointer:
         state, error = self.restore(like, step), None
       except Exception as e:  # orbax and TensorStore raise many types for a bad file
         state, error = None, e
-      if _all_processes(error is None):
+      if all_processes(error is None):
         self._set_aside(failures, step)
         return state
       failures.append((step, reason(error) if error else "unreadable on another process"))

@@ -7,7 +7,7 @@ import ml_collections
 from invmeasure.data import augment as augment_lib, sources, text_sources
 from invmeasure.models import registry
 from invmeasure.training import optim, step as step_lib, storage
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 
 def _positive(value, field: str, kind=float) -> None:

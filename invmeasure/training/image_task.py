@@ -17,8 +17,8 @@ import numpy as np
 
 from invmeasure.data import augment, batching, sources
 from invmeasure.models import losses, registry
+from invmeasure.errors import ConfigError
 from invmeasure.training import optim, state as state_lib, step as step_lib
-from invmeasure.training.errors import ConfigError
 from invmeasure.training.state import RunState
 
 

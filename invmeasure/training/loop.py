@@ -6,11 +6,19 @@ same command after a kill resumes from the latest checkpoint (the newest that ca
 `checkpoints.Checkpointer.restore_latest`), drops the metric rows written after it, and
 produces the same rows and weights as an uninterrupted run. The workdir may be local or
 `gs://...` (`storage`).
+
+`train_and_evaluate` runs in phases, each a named function here or a module of its own:
+the plan (`make_plan`: the config checked, data opened, nothing written), the workdir's
+lock (`run_lock`), the config compared with the recorded one (`provenance`), the restore
+(`restore`), the step loop (`_step_loop`, its jitted pieces in `_Steps`), and the outputs
+(`outputs`: rows, projections, TensorBoard, the progress bar). Figures are drawn by the
+entry points, from the rows (`invmeasure.analysis.figures`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import math
@@ -28,19 +36,17 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from invmeasure.analysis import figures
-from invmeasure.training import (checkpoints, config_checks, metric_writer, projections,
+from invmeasure.errors import ConfigError, TrainingError
+from invmeasure.training import (checkpoints, config_checks, metric_writer,
+                                 outputs as outputs_lib, projections, provenance, run_lock,
                                  step as step_lib, storage, tasks)
-from invmeasure.training.errors import TrainingError
 from invmeasure.training.state import RunState, state_shardings
 
 
 MAX_STEPS_IN_FLIGHT = 16
 
 
-def _host(tree):
-  """Values of replicated (possibly multi-process) arrays as numpy."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+_host = outputs_lib.host
 
 
 def _keep_rows_up_to(path: str, last_step: int) -> None:
@@ -216,175 +222,236 @@ def init_key(config: ml_collections.ConfigDict) -> jax.Array:
   return jax.random.key(config.seed, impl="rbg")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains as `config` says, measuring the diagnostics; returns the last metric row."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       accept_config_change: bool = False) -> dict:
+  """Trains as `config` says, measuring the diagnostics; returns the last metric row.
+
+  A run already finished trains nothing and returns its last row. Raises `ConfigError`
+  before writing anything for a bad config, a workdir another run holds, or a resumed run
+  whose config changed in fields that may not change (`provenance`) unless
+  `accept_config_change`; `TrainingError` for a run that cannot go on (what is kept is said).
+  """
   config_checks.check_workdir(workdir)
-  plan = make_plan(config)
-  task, schedule, steps_per_epoch, num_steps = (plan.task, plan.schedule, plan.steps_per_epoch,
-                                                plan.num_steps)
-  replicated = plan.replicated
-
-  # Everything above may reject the config; only now is anything written.
+  plan = make_plan(config)  # may reject the config; nothing is written before it
   storage.makedirs(workdir)
-  if jax.process_index() == 0:
-    storage.write_text(os.path.join(workdir, "config.json"),
-                       config.to_json_best_effort(indent=2))
+  lock = _agreed(lambda: _lock(workdir))  # process 0 holds it for all
+  try:
+    changes = _agreed(lambda: provenance.check(workdir, config, accept_config_change))
+    state, start, checkpointer = restore(plan, config, workdir)
+    try:
+      with _io_errors(workdir, checkpointer):
+        if jax.process_index() == 0:
+          provenance.record(workdir, config, changes or {}, start)
+        if start >= plan.num_steps:
+          return _finished(workdir, start)
+        return _step_loop(config, plan, workdir, state, start, checkpointer)
+    finally:
+      checkpointer.close()
+  finally:
+    if lock is not None:
+      lock.release()
 
+
+def _lock(workdir: str) -> run_lock.WorkdirLock:
+  lock = run_lock.WorkdirLock(workdir)
+  lock.acquire()
+  return lock
+
+
+def _agreed(decide):
+  """`decide()` on process 0, whose verdict every process follows: a `ConfigError` there
+  stops them all (the others with a line pointing to it). Returns its result on process 0,
+  None elsewhere."""
+  result, error = None, None
+  if jax.process_index() == 0:
+    try:
+      result = decide()
+    except ConfigError as e:
+      error = e
+  if not checkpoints.all_processes(error is None):
+    raise error or ConfigError("process 0 refused to start the run; its output says why")
+  return result
+
+
+def restore(plan: Plan, config: ml_collections.ConfigDict, workdir: str
+            ) -> tuple[RunState, int, checkpoints.Checkpointer]:
+  """(state, first step, checkpointer): the newest readable checkpoint's state, or a new
+  one; the rows a killed run wrote after that checkpoint are dropped."""
   state = init_state_fn(plan)(init_key(config))
   checkpointer = checkpoints.Checkpointer(workdir, int(config.get("checkpoint_max_to_keep", 2)))
   try:
     restored = checkpointer.restore_latest(state)
+    start = int(_host(restored.step)) if restored is not None else 0
+    if jax.process_index() == 0:
+      for name in (outputs_lib.METRICS_FILE, projections.PROJECTIONS_FILE):
+        _keep_rows_up_to(os.path.join(workdir, name), start if restored is not None else -1)
   except BaseException:
     checkpointer.close()
     raise
-  state = restored if restored is not None else state
-  start = int(_host(state.step))
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  projections_path = os.path.join(workdir, projections.PROJECTIONS_FILE)
+  return (restored if restored is not None else state), start, checkpointer
+
+
+def _finished(workdir: str, step: int) -> dict:
+  """The last row of a run that has nothing left to train, which says so."""
+  path = os.path.join(workdir, outputs_lib.METRICS_FILE)
+  rows = metric_writer.read_metrics(path) if storage.path(path).exists() else []
   if jax.process_index() == 0:
-    for path in (metrics_path, projections_path):
-      _keep_rows_up_to(path, start if restored is not None else -1)
+    print(f"{workdir} is already finished at step {step}; nothing to train", file=sys.stderr,
+          flush=True)
+  return rows[-1] if rows else {"step": step}
 
-  train_step = jit_train_step(plan)
-  diag_cfg = config.diagnostics
-  diagnostic_round = _DiagnosticRound(task.diagnostic_fns(), replicated,
-                                      int(diag_cfg.sharpness_iters),
-                                      float(diag_cfg.get("sharpness_tol", 0.0)))
-  all_finite = jax.jit(
-      lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])),
-      out_shardings=replicated)
-  reset_sums = jax.jit(_reset_sums, static_argnums=1, out_shardings=plan.state_sharding,
-                       donate_argnums=0)
 
-  num_projections = int(diag_cfg.get("num_projections", 0))
-  project_every = int(diag_cfg.get("projection_every_steps", 0)) if num_projections else 0
-  if project_every:
-    project = projections.projection_for(num_projections, config.seed, state.params,
-                                         out_shardings=replicated)
-  before_update = None  # the projection before the step that ends on a projection row
-  # Projection rows wait on the device until the next metric row or checkpoint: reading
-  # each back at once would stop asynchronous dispatch every few steps.
-  pending_projections: list[tuple[int, jax.Array, jax.Array | None]] = []
-  in_flight: collections.deque = collections.deque()
-
-  batches = _Batches(task, plan.batch_sharding)
-  writer = metric_writer.MetricWriter(metrics_path) if jax.process_index() == 0 else None
-  projection_writer = (metric_writer.MetricWriter(projections_path)
-                       if project_every and jax.process_index() == 0 else None)
-  tensorboard = _tensorboard(workdir)
-  preemption = _Preemption()
-  progress = _progress(start, num_steps)
-  last_row: dict = {}
-
-  def measure(state: RunState, done: int) -> tuple[RunState, dict]:
-    minibatches = batches.diagnostic(done, int(diag_cfg.num_minibatches),
-                                     int(diag_cfg.get("batch_size") or config.batch_size))
-    row, vector = diagnostic_round(state, minibatches)
-    return state._replace(sharpness_vector=vector), row
-
-  def emit(row: dict, done: int) -> None:
-    nonlocal last_row
-    row = {"step": done, "epoch": done / steps_per_epoch,
-           "lr": float(schedule(max(done - 1, 0))), **row}
-    row = {k: v.item() if isinstance(v, np.ndarray) else v for k, v in row.items()}
-    bad = [k for k, v in row.items() if isinstance(v, float) and k.endswith("loss")
-           and not math.isfinite(v)]
-    if bad:
-      raise TrainingError(
-          f"non-finite {bad[0]}={row[bad[0]]} at step {done}; stopped. The last good "
-          f"checkpoint (step {checkpointer.latest_step()}) is kept in "
-          f"{workdir}/checkpoints; lower config.optimizer.learning_rate and rerun")
-    if writer:
-      writer.write(row)
-    if tensorboard:
-      for name, value in row.items():
-        if name not in ("step", "epoch") and isinstance(value, (int, float)):
-          tensorboard.add_scalar(name, value, done)
-    last_row = row
-
-  def record_projection(state: RunState, done: int) -> None:
-    pending_projections.append((done, project(state.params), before_update))
-
-  def write_projections() -> None:
-    for done, weights, before in pending_projections:
-      row = {"step": done, "weights": _host(weights)}
-      if before is not None:
-        row["update"] = row["weights"] - _host(before)
-      if projection_writer:
-        projection_writer.write(row)
-    pending_projections.clear()
-
+@contextlib.contextmanager
+def _io_errors(workdir: str, checkpointer: checkpoints.Checkpointer):
+  """An `OSError` of any write (a full disk, a permission) as one line saying what is safe."""
   try:
-    if start == 0 and project_every:
-      record_projection(state, 0)
-    if start == 0 and diag_cfg.every_steps:
-      state, row = measure(state, 0)
-      emit(row, 0)
-    for step in range(start, num_steps):
-      if project_every and (step + 1) % project_every == 0:
-        before_update = project(state.params)  # read back only with the row
-      state, step_metrics = train_step(state, batches.train(step))
-      # At most MAX_STEPS_IN_FLIGHT steps queued ahead of the host: XLA:CPU's simulated
-      # devices can deadlock in an all-reduce with ~40 sharded steps queued.
-      in_flight.append(step_metrics["loss"])
-      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-        in_flight.popleft().block_until_ready()
+    yield
+  except OSError as error:
+    saved = checkpointer.latest_step()
+    safe = (f"rows and checkpoint up to step {saved} are safe in {workdir}"
+            if saved is not None else f"no checkpoint was saved yet in {workdir}")
+    raise TrainingError(f"cannot write {error.filename or workdir}: "
+                        f"{error.strerror or error}; {safe}; free space or fix the "
+                        "permissions, then rerun the same command to resume") from error
+
+
+def _step_loop(config: ml_collections.ConfigDict, plan: Plan, workdir: str, state: RunState,
+               start: int, checkpointer: checkpoints.Checkpointer) -> dict:
+  """Steps from `start` to the plan's last step, writing rows and checkpoints on their
+  cadences; returns the last row."""
+  steps = _Steps(config, plan, state)
+  batches = _Batches(plan.task, plan.batch_sharding)
+  out = outputs_lib.Outputs(workdir, start, plan.num_steps, steps.project_every > 0)
+  preemption = _Preemption()
+  try:
+    if start == 0:
+      state = steps.first_rows(state, batches, out)
+    for step in range(start, plan.num_steps):
+      state = steps.train(state, step, batches, out)
       done = step + 1
-      if project_every and done % project_every == 0:
-        record_projection(state, done)
-      row = {}
-      if done % config.log_every_steps == 0 or done == num_steps:
-        sums = _host(state.sums)
-        row["train_loss"] = float(sums["log_loss"] / sums["log_count"])
-        # Per-step quantities (config.diagnostics.per_step), averaged over the interval.
-        row.update({k[len("log_"):]: float(v / sums["log_count"]) for k, v in sums.items()
-                    if k.startswith("log_step_")})
-        state = reset_sums(state, "log")
-      if done % steps_per_epoch == 0:
-        sums = _host(state.sums)
-        row["epoch_avg_train_loss"] = float(sums["epoch_loss"] / sums["epoch_count"])
-        state = reset_sums(state, "epoch")
-      epoch_end_round = done % steps_per_epoch == 0 and diag_cfg.get("at_epoch_end", False)
-      if diag_cfg.every_steps and (done % diag_cfg.every_steps == 0 or epoch_end_round
-                                   or done == num_steps):
-        state, measured = measure(state, done)
-        row.update(measured)
+      state, row = steps.rows(state, done, batches)
       if row:
-        write_projections()
-        emit(row, done)
-        if progress is not None:
-          progress.set_postfix(loss=f"{row.get('train_loss', float('nan')):.4f}", refresh=False)
+        out.row(_complete(row, done, plan, checkpointer, workdir))
       preempted = preemption.after(done)
-      if done % config.checkpoint_every_steps == 0 or done == num_steps or preempted:
-        if not bool(_host(all_finite(state.params))):
-          raise TrainingError(
-              f"non-finite weights at step {done}; stopped without saving them. The last "
-              f"good checkpoint (step {checkpointer.latest_step()}) is kept; lower "
-              "config.optimizer.learning_rate and rerun")
-        write_projections()  # every row up to a checkpoint is on disk before it
-        for open_writer in (writer, projection_writer):
-          if open_writer:
-            open_writer.flush()  # on object storage, rows are uploaded only here
-        checkpointer.save(state, done)
-      if progress is not None:
-        progress.update(1)
+      if (done % config.checkpoint_every_steps == 0 or done == plan.num_steps
+          or preempted):
+        _checkpoint(state, done, steps, out, checkpointer)
+      out.advance()
       if preempted:
         checkpointer.wait()
         raise TrainingError(f"preempted (SIGTERM) after step {done}; checkpoint saved; "
                             "rerun the same command to resume")
   finally:
-    checkpointer.close()
     batches.close()
-    for open_writer in (writer, projection_writer):
-      if open_writer:
-        open_writer.close()
-    if tensorboard:
-      tensorboard.close()
-    if progress is not None:
-      progress.close()
-  if jax.process_index() == 0:
-    figures.write_figures([workdir], os.path.join(workdir, "figures"))
-  return last_row
+    out.close()
+  return out.last_row
+
+
+class _Steps:
+  """The jitted pieces of the step loop and what they keep between steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, plan: Plan, state: RunState):
+    self.config, self.plan, self.diag = config, plan, config.diagnostics
+    self._train_step = jit_train_step(plan)
+    self._round = _DiagnosticRound(plan.task.diagnostic_fns(), plan.replicated,
+                                   int(self.diag.sharpness_iters),
+                                   float(self.diag.get("sharpness_tol", 0.0)))
+    self.all_finite = jax.jit(
+        lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                        for x in jax.tree.leaves(tree)])),
+        out_shardings=plan.replicated)
+    self._reset_sums = jax.jit(_reset_sums, static_argnums=1,
+                               out_shardings=plan.state_sharding, donate_argnums=0)
+    num_projections = int(self.diag.get("num_projections", 0))
+    self.project_every = (int(self.diag.get("projection_every_steps", 0))
+                          if num_projections else 0)
+    if self.project_every:
+      self._project = projections.projection_for(num_projections, config.seed, state.params,
+                                                 out_shardings=plan.replicated)
+    self._before_update = None  # the projection before the step that ends on a projection
+    self._in_flight: collections.deque = collections.deque()
+
+  def first_rows(self, state: RunState, batches: _Batches,
+                 out: outputs_lib.Outputs) -> RunState:
+    """The rows of step 0, before any training: a projection and a diagnostic round."""
+    if self.project_every:
+      out.projection(0, self._project(state.params), None)
+    if self.diag.every_steps:
+      state, row = self._measure(state, 0, batches)
+      out.row(_complete(row, 0, self.plan, None, None))
+    return state
+
+  def train(self, state: RunState, step: int, batches: _Batches,
+            out: outputs_lib.Outputs) -> RunState:
+    """One optimizer step (and the projections around it)."""
+    if self.project_every and (step + 1) % self.project_every == 0:
+      self._before_update = self._project(state.params)  # read back only with the row
+    state, step_metrics = self._train_step(state, batches.train(step))
+    # At most MAX_STEPS_IN_FLIGHT steps queued ahead of the host: XLA:CPU's simulated
+    # devices can deadlock in an all-reduce with ~40 sharded steps queued.
+    self._in_flight.append(step_metrics["loss"])
+    if len(self._in_flight) > MAX_STEPS_IN_FLIGHT:
+      self._in_flight.popleft().block_until_ready()
+    if self.project_every and (step + 1) % self.project_every == 0:
+      out.projection(step + 1, self._project(state.params), self._before_update)
+    return state
+
+  def rows(self, state: RunState, done: int, batches: _Batches) -> tuple[RunState, dict]:
+    """The row due after `done` steps ({} when none): the training loss and per-step
+    quantities of the log interval, the epoch's mean loss, a diagnostic round."""
+    row, last = {}, done == self.plan.num_steps
+    if done % self.config.log_every_steps == 0 or last:
+      sums = _host(state.sums)
+      row["train_loss"] = float(sums["log_loss"] / sums["log_count"])
+      # Per-step quantities (config.diagnostics.per_step), averaged over the interval.
+      row.update({k[len("log_"):]: float(v / sums["log_count"]) for k, v in sums.items()
+                  if k.startswith("log_step_")})
+      state = self._reset_sums(state, "log")
+    epoch_end = done % self.plan.steps_per_epoch == 0
+    if epoch_end:
+      sums = _host(state.sums)
+      row["epoch_avg_train_loss"] = float(sums["epoch_loss"] / sums["epoch_count"])
+      state = self._reset_sums(state, "epoch")
+    if self.diag.every_steps and (done % self.diag.every_steps == 0 or last or (
+        epoch_end and self.diag.get("at_epoch_end", False))):
+      state, measured = self._measure(state, done, batches)
+      row.update(measured)
+    return state, row
+
+  def _measure(self, state: RunState, done: int, batches: _Batches) -> tuple[RunState, dict]:
+    minibatches = batches.diagnostic(done, int(self.diag.num_minibatches),
+                                     int(self.diag.get("batch_size") or self.config.batch_size))
+    row, vector = self._round(state, minibatches)
+    return state._replace(sharpness_vector=vector), row
+
+
+def _complete(row: dict, done: int, plan: Plan, checkpointer, workdir) -> dict:
+  """`row` with its step, epoch and learning rate, as plain numbers; a non-finite loss
+  stops the run (`TrainingError`)."""
+  row = {"step": done, "epoch": done / plan.steps_per_epoch,
+         "lr": float(plan.schedule(max(done - 1, 0))), **row}
+  row = {k: v.item() if isinstance(v, np.ndarray) else v for k, v in row.items()}
+  bad = [k for k, v in row.items() if isinstance(v, float) and k.endswith("loss")
+         and not math.isfinite(v)]
+  if bad:
+    kept = checkpointer.latest_step() if checkpointer else None
+    raise TrainingError(
+        f"non-finite {bad[0]}={row[bad[0]]} at step {done}; stopped. The last good "
+        f"checkpoint (step {kept}) is kept in {workdir}/checkpoints; lower "
+        "config.optimizer.learning_rate and rerun")
+  return row
+
+
+def _checkpoint(state: RunState, done: int, steps: _Steps, out: outputs_lib.Outputs,
+                checkpointer: checkpoints.Checkpointer) -> None:
+  """Saves `state` after every row up to it is durable; non-finite weights are not saved."""
+  if not bool(_host(steps.all_finite(state.params))):
+    raise TrainingError(
+        f"non-finite weights at step {done}; stopped without saving them. The last "
+        f"good checkpoint (step {checkpointer.latest_step()}) is kept; lower "
+        "config.optimizer.learning_rate and rerun")
+  out.flush()  # on object storage, rows are uploaded only here
+  checkpointer.save(state, done)
 
 
 def _reset_sums(state: RunState, which: str) -> RunState:
@@ -392,18 +459,3 @@ def _reset_sums(state: RunState, which: str) -> RunState:
   sums = {k: jnp.zeros_like(v) if k.startswith(f"{which}_") else v
           for k, v in state.sums.items()}
   return state._replace(sums=sums)
-
-
-def _tensorboard(workdir: str):
-  """TensorBoard event files in workdir/tensorboard (process 0 only)."""
-  if jax.process_index() != 0:
-    return None
-  return storage.tensorboard_writer(os.path.join(workdir, "tensorboard"), flush_secs=30)
-
-
-def _progress(start: int, total: int):
-  if jax.process_index() != 0:
-    return None
-  import tqdm
-  return tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                   file=sys.stderr, mininterval=1.0)

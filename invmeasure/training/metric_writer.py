@@ -83,14 +83,16 @@ class MetricWriter:
       self._lines.append(line + '\n')
       self._uploaded = False
       return
-    self._file.write(line + '\n')
-    self._file.flush()
+    with storage.naming(self.path):
+      self._file.write(line + '\n')
+      self._file.flush()
 
   def flush(self) -> None:
     """Makes every row written so far durable: locally each row already is; on object
     storage the file is uploaded whole."""
     if self._lines is not None and not self._uploaded:
-      storage.path(self.path).write_text(''.join(self._lines))
+      with storage.naming(self.path):
+        storage.path(self.path).write_text(''.join(self._lines))
       self._uploaded = True
 
   def close(self) -> None:
@@ -99,7 +101,8 @@ class MetricWriter:
       self.flush()
       self._closed = True
     else:
-      self._file.close()
+      with storage.naming(self.path):
+        self._file.close()
 
   def __enter__(self) -> MetricWriter:
     return self

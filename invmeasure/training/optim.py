@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 import optax
 
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")

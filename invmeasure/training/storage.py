@@ -19,6 +19,7 @@ network. Never set it for a real run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 from etils import epath
 
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 FAKE_GCS_ENV = "INVMEASURE_TEST_FAKE_GCS"
 INSTALL_HINT = "pip install 'invmeasure[gcs]' (gcsfs and google-cloud-storage)"
@@ -91,27 +92,41 @@ def makedirs(directory: str | os.PathLike) -> epath.Path:
   return directory
 
 
+@contextlib.contextmanager
+def naming(file: str | os.PathLike):
+  """Gives an `OSError` raised inside (a full disk says so only at `write`) the path being
+  written, so that whoever reports it can name it."""
+  try:
+    yield
+  except OSError as error:
+    if error.filename is None and error.errno is not None:
+      raise OSError(error.errno, error.strerror, os.fspath(file)) from error
+    raise
+
+
 def write_text(file: str | os.PathLike, text: str) -> None:
   """Replaces `file` with `text` in one step: readers see the old or the new text."""
   file = path(file)
-  if is_remote(file):
-    file.write_text(text)  # an object appears whole when its upload ends
-    return
-  tmp = f"{os.fspath(file)}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, os.fspath(file))
+  with naming(file):
+    if is_remote(file):
+      file.write_text(text)  # an object appears whole when its upload ends
+      return
+    tmp = f"{os.fspath(file)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, os.fspath(file))
 
 
 def save_figure(fig: Any, file: str | os.PathLike, **savefig_kwargs) -> None:
   """`fig.savefig(file)`, for a local file or an object (written whole)."""
-  if not is_remote(file):
-    fig.savefig(os.fspath(file), **savefig_kwargs)
-    return
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format=os.path.splitext(os.fspath(file))[1][1:] or "png",
-              **savefig_kwargs)
-  path(file).write_bytes(buffer.getvalue())
+  with naming(file):
+    if not is_remote(file):
+      fig.savefig(os.fspath(file), **savefig_kwargs)
+      return
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=os.path.splitext(os.fspath(file))[1][1:] or "png",
+                **savefig_kwargs)
+    path(file).write_bytes(buffer.getvalue())
 
 
 def checkpoint_directory(workdir: str | os.PathLike) -> epath.Path:
@@ -217,6 +232,10 @@ def _install_fake_gcs() -> None:
 
   fsspec.register_implementation("gs", FakeGcs, clobber=True)
   fsspec.register_implementation("gcs", FakeGcs, clobber=True)
-  # epath would use TensorFlow's GCS client when TensorFlow is installed.
+  # epath would use TensorFlow's GCS client when TensorFlow is installed; it caches that
+  # choice at its first file operation, which may have come before this.
   os.environ["EPATH_USE_TF"] = "false"
+  from etils.epath import gpath
+  if hasattr(getattr(gpath, "_is_tf_installed", None), "cache_clear"):
+    gpath._is_tf_installed.cache_clear()
   _FAKE_INSTALLED = True

@@ -18,9 +18,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from invmeasure.analysis import synthetic_figures
 from invmeasure.training import metric_writer, storage
-from invmeasure.training.errors import ConfigError
+from invmeasure.errors import ConfigError
 
 ScalarFn = Callable[[jax.Array], jax.Array]
 
@@ -157,8 +156,8 @@ def metric_rows(trajectory: Trajectory, lr: float, log_every_steps: int = 1) -> 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs gradient descent at each of `config.learning_rates` and records it in `workdir`.
 
-  Writes `config.json`, `metrics.jsonl` (one row per logged step per learning rate, each
-  naming its `lr`) and `figures/synthetic_1d.png`. Rerunning into the same workdir
+  Writes `config.json` and `metrics.jsonl` (one row per logged step per learning rate,
+  each naming its `lr`); `analysis.synthetic_figures.draw_run` draws its figure. Rerunning into the same workdir
   replaces these files.
 
   Returns:
@@ -181,9 +180,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         writer.write(row)
         rows.append(row)
 
-  synthetic_figures.plot_gradient_descent_runs(
-      rows, fn, os.path.join(workdir, 'figures', 'synthetic_1d.png'),
-      smoothness=SMOOTHNESS, title=f'Gradient descent on {config.function}')
   return rows
 
 

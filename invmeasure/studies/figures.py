@@ -21,6 +21,7 @@ from matplotlib.ticker import ScalarFormatter
 
 from invmeasure.studies.estimators import EstimatorStudy, QuantityConvergence
 from invmeasure.studies.step_size import StepSizeStudy
+from invmeasure.training import storage
 
 _DPI = 110
 _TITLES = {
@@ -32,9 +33,10 @@ _TITLES = {
 
 
 def _save(fig: Figure, path: str) -> str:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fig.savefig(path, dpi=_DPI)
+  directory = os.path.dirname(path)
+  if directory:
+    storage.makedirs(directory)
+  storage.save_figure(fig, path, dpi=_DPI)
   return path
 
 
