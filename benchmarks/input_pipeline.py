@@ -170,9 +170,12 @@ def pinned(cores: int):
     os.sched_setaffinity(0, before)
 
 
-def _rate(next_batch: Callable[[], int], batches: int) -> float:
-  """Images/s over `batches` calls after one untimed call (start-up: workers, tracing)."""
-  next_batch()
+def _rate(next_batch: Callable[[], int], batches: int, warmup: int = 1) -> float:
+  """Images/s over `batches` calls after `warmup` untimed ones: start-up (workers,
+  tracing) and the batches that prefetching made meanwhile, so that the timed calls wait
+  for batches being made."""
+  for _ in range(warmup):
+    next_batch()
   start = time.perf_counter()
   images = sum(next_batch() for _ in range(batches))
   return images / (time.perf_counter() - start)
@@ -183,7 +186,7 @@ def old_path_rate(data_dir: str, case: ImagenetCase, first_step: int) -> float:
   source = sources.TfdsSource("imagenet2012", "train", data_dir, ("image", "label"))
   steps = iter(range(first_step, first_step + case.batches + 1))
 
-  def next_batch():
+  def next_batch():  # one call at a time: nothing made ahead
     step = next(steps)
     indices = batching.train_indices(0, step, case.batch_size, len(source))
     return len(source.read(indices, (0, step, 0))["image"])
@@ -194,10 +197,12 @@ def new_path_rate(data_dir: str, case: ImagenetCase, first_step: int, workers: i
   """The task's training stream: `workers` processes, batches in step order."""
   source = sources.JpegSource("imagenet2012", "train", data_dir)
   read = image_reads.TrainRead(image_reads.Reader(source), 0, case.batch_size, len(source))
-  stream = loader.Batches(read, first_step + case.batches + 1, workers)
-  steps = iter(range(first_step, first_step + case.batches + 1))
+  warmup = 1 + workers * loader.BUFFER
+  stop = first_step + warmup + case.batches
+  stream = loader.Batches(read, stop, workers)
+  steps = iter(range(first_step, stop))
   try:
-    return _rate(lambda: len(stream.get(next(steps))["image"]), case.batches)
+    return _rate(lambda: len(stream.get(next(steps))["image"]), case.batches, warmup)
   finally:
     stream.close()
 
@@ -244,7 +249,7 @@ def tf_data_rate(jpegs: list[bytes], labels: np.ndarray, case: ImagenetCase,
              .map(lambda b, y: {"image": recipe(b), "label": y}, num_parallel_calls=cores)
              .batch(case.batch_size, drop_remainder=True).prefetch(2).with_options(options))
   iterator = iter(dataset.as_numpy_iterator())
-  return _rate(lambda: len(next(iterator)["image"]), case.batches)
+  return _rate(lambda: len(next(iterator)["image"]), case.batches, warmup=4)
 
 
 def _tensorflow_available() -> bool:
@@ -280,7 +285,7 @@ def measure_imagenet(case: ImagenetCase) -> tuple[list, list, str, str]:
             fns["tf.data"] = lambda: tf_data_rate(jpegs, labels, case, cores)
           for path, fn in fns.items():
             rates.setdefault((path, cores), []).append(fn())
-        step += case.batches + 1
+        step += case.batches + 1 + 2 * loader.BUFFER
   rate = {key: statistics.median(values) for key, values in rates.items()}
   get = lambda path, cores: rate.get((path, cores), float("nan"))  # noqa: E731
   notes = {"old": "TFDS full decode in the calling thread, crops in an 8-thread pool",

@@ -20,6 +20,10 @@ from typing import Callable
 from invmeasure.training.errors import TrainingError
 
 
+# Batches each worker makes ahead of the one asked for.
+BUFFER = 2
+
+
 class DataWorkerError(TrainingError):
   """A data worker process died."""
 
@@ -58,7 +62,7 @@ class Batches:
   """
 
   def __init__(self, read: Callable[[int], dict], stop: int, num_workers: int,
-               buffer: int = 2):
+               buffer: int = BUFFER):
     self._read, self._stop = read, stop
     self._workers, self._buffer = num_workers, buffer
     self._iterator, self._next_index = None, None
