@@ -2,8 +2,10 @@
 
 The crop is chosen from the JPEG header (its size) before any pixel is decoded. Where the
 crop will be shrunk by 2x or more, libjpeg decodes at 1/2, 1/4 or 1/8 size (DCT scaling,
-Pillow's `Image.draft`), which costs a fraction of a full decode; the window is then resized
-to its output size straight from the decoded image (one pass, no intermediate copy).
+Pillow's `Image.draft`), which costs a fraction of a full decode; so what is left to resize
+shrinks by less than 2x (or grows). OpenCV's bilinear warp then samples the window's output
+pixels straight from the decoded image, 5-15x faster than Pillow's resize here; without an
+antialiasing filter, which a shrink under 2x hardly needs (tf.image.resize has none either).
 
 Windows are drawn as `imagenet.random_resized_crop` draws them (scale 0.08-1 of the area,
 aspect ratio 3/4-4/3 log-uniform, ten tries then a center square, then a flip), from a
@@ -16,8 +18,11 @@ import io
 import math
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 from PIL import Image
+
+cv2.setNumThreads(1)  # one image per call; parallelism comes from worker processes
 
 IMAGE_SIZE = 224
 RESIZE_SIZE = 256
@@ -65,8 +70,8 @@ def crop(data: bytes | np.ndarray, window_fn, size: int = IMAGE_SIZE) -> np.ndar
   decoded [H, W] / [H, W, C] array (TFDS mock data, other image sources).
   """
   if isinstance(data, np.ndarray):
-    image = Image.fromarray(data if data.ndim == 2 or data.shape[-1] != 1 else data[..., 0])
-    window = window_fn(image.height, image.width)
+    pixels = data if data.ndim == 2 or data.shape[-1] != 1 else data[..., 0]
+    window = window_fn(*pixels.shape[:2])
     scale_y = scale_x = 1.0
   else:
     image = Image.open(io.BytesIO(data))
@@ -78,12 +83,18 @@ def crop(data: bytes | np.ndarray, window_fn, size: int = IMAGE_SIZE) -> np.ndar
       # Pillow picks the largest DCT scale that keeps the image at least this size.
       image.draft(image.mode, (width // reduce, height // reduce))
     scale_y, scale_x = image.height / height, image.width / width
-  box = (window.left * scale_x, window.top * scale_y, (window.left + window.width) * scale_x,
-         (window.top + window.height) * scale_y)
-  out = image.resize((size, size), Image.BILINEAR, box=box)
-  if out.mode != "RGB":
-    out = out.convert("RGB")  # grayscale and CMYK JPEGs exist in ImageNet
-  return np.asarray(out)
+    if image.mode not in ("RGB", "L"):
+      image = image.convert("RGB")  # CMYK JPEGs exist in ImageNet
+    pixels = np.asarray(image)
+  # Output pixel centers map to the window's, as Pillow's and OpenCV's resize map them.
+  sx, sy = size / (window.width * scale_x), size / (window.height * scale_y)
+  matrix = np.array([[sx, 0.0, sx * (0.5 - window.left * scale_x) - 0.5],
+                     [0.0, sy, sy * (0.5 - window.top * scale_y) - 0.5]])
+  out = cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+  if out.ndim == 2:  # grayscale JPEGs exist in ImageNet
+    out = np.repeat(out[..., None], 3, axis=-1)
+  return out
 
 
 def random_crop(data: bytes | np.ndarray, rng: np.random.Generator,
