@@ -159,15 +159,26 @@ def imagenet_case(quick: bool) -> ImagenetCase:
   return ImagenetCase(num_examples=1024, batch_size=128, batches=8, repeats=3, tf=True)
 
 
+def _set_affinity(cores) -> None:
+  """Every thread of this process on `cores` (a thread keeps the mask it had when made, so
+  thread pools made earlier, the old path's and TensorFlow's, are moved too)."""
+  for thread in os.listdir("/proc/self/task"):
+    try:
+      os.sched_setaffinity(int(thread), cores)
+    except (ProcessLookupError, PermissionError):  # a thread that just ended
+      pass
+
+
 @contextlib.contextmanager
 def pinned(cores: int):
-  """This process (and every process or thread it starts meanwhile) on `cores` cores."""
+  """This process's threads, and every process or thread they start meanwhile, on the
+  first `cores` cores."""
   before = os.sched_getaffinity(0)
-  os.sched_setaffinity(0, sorted(before)[:cores])
+  _set_affinity(sorted(before)[:cores])
   try:
     yield
   finally:
-    os.sched_setaffinity(0, before)
+    _set_affinity(before)
 
 
 def _rate(next_batch: Callable[[], int], batches: int, warmup: int = 1) -> float:
