@@ -151,11 +151,14 @@ class ImagenetCase:
   batches: int       # timed per measurement (after one untimed batch)
   repeats: int
   tf: bool           # measure tf.data too
+  cores: tuple[int, ...] = (1, 2)
 
 
 def imagenet_case(quick: bool) -> ImagenetCase:
   if quick:
-    return ImagenetCase(num_examples=24, batch_size=8, batches=2, repeats=1, tf=False)
+    # One core: one worker process to start (each imports this script's modules).
+    return ImagenetCase(num_examples=24, batch_size=8, batches=2, repeats=1, tf=False,
+                        cores=(1,))
   return ImagenetCase(num_examples=1024, batch_size=128, batches=8, repeats=3, tf=True)
 
 
@@ -273,7 +276,7 @@ def _tensorflow_available() -> bool:
 
 def measure_imagenet(case: ImagenetCase) -> tuple[list, list, str, str]:
   """(table rows, projection rows, data set line, last line)."""
-  cores_list = [c for c in (1, 2) if c <= len(os.sched_getaffinity(0))]
+  cores_list = [c for c in case.cores if c <= len(os.sched_getaffinity(0))]
   with tempfile.TemporaryDirectory() as data_dir:
     written = jpeg_records.write(data_dir, case.num_examples, seed=0, grayscale_every=50)
     use_tf = case.tf and _tensorflow_available()
