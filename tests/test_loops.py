@@ -152,7 +152,8 @@ def test_sharded_inputs_stay_sharded_and_give_the_same_numbers():
          "top": dg.sharpness(loss_fn, s_params, s_data, key=key, num_iters=9, tol=0.0),
          "eigs": dg.top_hessian_eigenvalues(loss_fn, s_params, s_data, key=key, k=2, num_iters=9,
                                             return_vectors=True)}
-  assert_trees_close(got, want, rtol=2e-5, atol=1e-7)
+  # atol: float32 eigenvector entries near 1e-3 differ by ~1e-7 with the reduction order.
+  assert_trees_close(got, want, rtol=2e-5, atol=1e-6)
   for vector in (got["stats"].mean_gradient, got["top"].eigenvector):
     for leaf, param in zip(jax.tree.leaves(vector), jax.tree.leaves(s_params)):
       assert leaf.sharding.is_equivalent_to(param.sharding, leaf.ndim), leaf.sharding
