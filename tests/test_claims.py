@@ -31,9 +31,8 @@ CASES = [
      dict(PLATEAU, loss_change=-0.01, loss_change_stderr=0.01, grad_norm_ratio=0.1), N),
     ("loss_equivalent_gradient_not_vanishing",  # the gradient norm is within noise of 0
      dict(PLATEAU, loss_change=-0.01, loss_change_stderr=0.01, grad_norm_last_stderr=0.05), I),
-    ("loss_equivalent_gradient_not_vanishing",  # pooled seeds that disagree
-     dict(PLATEAU, loss_change=-0.01, loss_change_stderr=0.01,
-          heterogeneity_p_loss_change=0.001, heterogeneity_p_grad_norm_last=0.5), I),
+    ("loss_equivalent_gradient_not_vanishing",  # pooled seeds that point opposite ways
+     dict(PLATEAU, loss_change=-0.01, loss_change_stderr=0.01, seeds_opposed=1.0), I),
     ("smaller_lr_larger", dict(mean_0=1.0, stderr_0=0.1, mean_1=2.0, stderr_1=0.1,
                                mean_2=3.0, stderr_2=0.1), H),
     ("smaller_lr_larger", dict(mean_0=1.0, stderr_0=0.1, mean_1=2.0, stderr_1=0.1,
@@ -79,15 +78,16 @@ CASES = [
     ("smaller_step_lowers_loss", {"change_1": 0.0, "change_0.5": -1.0, "stderr_0.5": 0.1}, H),
     ("smaller_step_lowers_loss", {"change_1": 0.0, "change_0.5": 1.0, "stderr_0.5": 0.1}, N),
     ("smaller_step_lowers_loss", {"change_1": 0.0, "change_0.5": -0.1, "stderr_0.5": 0.1}, I),
-    # Against the null: the separation of interleaved halves of one window.
-    ("measure_matches_null", dict(separation_last=0.5, separation_null=0.45,
-                                  travel_ratio=1.0), H),
-    ("measure_matches_null", dict(separation_last=0.9, separation_null=0.45,
-                                  travel_ratio=1.0), N),
-    ("measure_matches_null", dict(separation_last=0.65, separation_null=0.45,
-                                  travel_ratio=1.0), I),
-    ("measure_matches_null", dict(separation_last=0.5, separation_null=0.45,
-                                  travel_ratio=0.1), I),
+    # Growth of the separation from lag 2 to lag 5, against +-0.1.
+    ("measure_stops_spreading", dict(separation_growth=0.01, separation_growth_stderr=0.02,
+                                     travel_ratio=1.0), H),  # [-0.023, 0.043]
+    ("measure_stops_spreading", dict(separation_growth=0.3, separation_growth_stderr=0.02,
+                                     travel_ratio=1.0), N),
+    ("measure_stops_spreading", dict(separation_growth=0.01, separation_growth_stderr=0.02,
+                                     travel_ratio=0.1), N),  # the weights stopped moving
+    ("measure_stops_spreading", dict(separation_growth=0.09, separation_growth_stderr=0.04,
+                                     travel_ratio=1.0), I),  # [0.024, 0.156]
+    ("measure_stops_spreading", dict(separation_growth=0.01, travel_ratio=1.0), I),  # 1 seed
     ("time_average_equivalent", dict(fluctuation=0.25, average_change=-0.01,
                                      average_change_stderr=0.01), H),  # margin 0.05
     ("time_average_equivalent", dict(fluctuation=0.25, average_change=0.2,
@@ -107,8 +107,12 @@ LEGACY_CASES = [  # the replaced rules, kept to show their verdicts beside the n
           grad_norm_last_stderr=0.014), N),
     ("step_change_vanishes", dict(change=1e-4, change_stderr=1e-4, scale=1e-2), H),
     ("step_change_vanishes", dict(change=1e-4, change_stderr=5e-3, scale=1e-2), I),
-    ("measure_matches_null", dict(separation_last=0.1, travel_ratio=1.0), H),
-    ("measure_matches_null", dict(separation_last=0.9, travel_ratio=1.0), N),
+    ("measure_stops_spreading", dict(separation_last=0.5, separation_null=0.45,
+                                     travel_ratio=1.0), H),
+    ("measure_stops_spreading", dict(separation_last=0.9, separation_null=0.45,
+                                     travel_ratio=1.0), N),
+    ("measure_stops_spreading", dict(separation_last=0.65, separation_null=0.45,
+                                     travel_ratio=1.0), I),
     ("time_average_equivalent", dict(fluctuation=1.0, average_change=-0.01, time_average=1.0,
                                      time_average_stderr=0.1), H),
     ("time_average_equivalent", dict(fluctuation=1.0, average_change=0.5, time_average=1.0,
@@ -132,32 +136,81 @@ def test_equivalence_interval_against_the_margin():
   assert rules.equivalence(0.0, math.nan, 1.0) == I
 
 
-def test_pool_matches_inverse_variance_weighting_and_cochrans_q():
-  rng = np.random.default_rng()
-  values, errors = rng.normal(size=4), rng.uniform(0.1, 1.0, size=4)
-  pooled = rules.pool(values, errors)
+def _random_effects_reference(values, errors):
+  """DerSimonian-Laird, in float64 numpy."""
+  k = len(values)
   w = 1 / errors ** 2
-  mean = np.sum(w * values) / np.sum(w)
-  q = np.sum(w * (values - mean) ** 2)
-  assert pooled.mean == pytest.approx(mean) and pooled.stderr == pytest.approx(w.sum() ** -0.5)
-  assert pooled.q == pytest.approx(q)
+  fixed = np.sum(w * values) / np.sum(w)
+  q = np.sum(w * (values - fixed) ** 2)
+  tau2 = max(0.0, (q - (k - 1)) / (w.sum() - (w ** 2).sum() / w.sum()))
+  ws = 1 / (errors ** 2 + tau2)
+  return np.sum(ws * values) / ws.sum(), ws.sum() ** -0.5, q, tau2
+
+
+@pytest.mark.parametrize("spread", [0.01, 1.0])  # tau^2 = 0 and tau^2 > 0
+def test_pool_matches_a_random_effects_reference(spread):
+  rng = np.random.default_rng()
+  values, errors = spread * rng.normal(size=4), rng.uniform(0.1, 0.3, size=4)
+  mean, stderr, q, tau2 = _random_effects_reference(values, errors)
+  pooled = rules.pool(values, errors)
+  assert pooled.mean == pytest.approx(mean) and pooled.q == pytest.approx(q)
+  assert pooled.stderr == pytest.approx(stderr)
+  assert pooled.between_sd == pytest.approx(np.sqrt(tau2))
   assert pooled.p == pytest.approx(scipy_stats.chi2.sf(q, 3))
+  if spread < 0.1:  # the seeds agree: the inverse-variance pool
+    w = errors ** -2.0
+    assert tau2 == 0 and pooled.mean == pytest.approx(np.sum(w * values) / w.sum())
+  else:
+    assert tau2 > 0
   assert math.isnan(rules.pool([1.0, 2.0], [0.1, 0.0]).mean)
+  assert rules.pool([1.5], [0.2])[:2] == (1.5, 0.2)  # one seed: its own estimate
 
 
-def test_pooled_claim_decides_the_pooled_numbers_and_flags_disagreeing_seeds():
+def test_pool_without_per_seed_errors_uses_the_seeds_spread():
+  values = np.random.default_rng().normal(size=3)
+  pooled = rules.pool(values)
+  t = scipy_stats.t.ppf(0.95, 2)
+  assert pooled.mean == pytest.approx(values.mean())
+  assert rules.Z90 * pooled.stderr == pytest.approx(t * values.std(ddof=1) / np.sqrt(3))
+  assert math.isnan(rules.pool([1.0]).mean)
+
+
+def test_pooled_claim_decides_the_pooled_numbers_and_carries_the_seeds_spread():
   agree = [dict(early=1.0, early_stderr=0.1, late=1.25, late_stderr=0.1)] * 3
   claims = [report.make_claim("k", "s", "e", "grows", n) for n in agree]
   combined = report.combine((0, 1, 2), claims)
   assert combined.seed_verdicts == (I, I, I)  # each seed alone cannot tell
   assert combined.numbers["late_stderr"] == pytest.approx(0.1 / math.sqrt(3))
   assert combined.verdict == H == rules.decide("grows", combined.numbers)
-  disagree = [dict(early=1.0, early_stderr=0.01, late=late, late_stderr=0.01)
-              for late in (1.2, 1.5, 1.8)]
+  # Seeds settling at levels of their own: the spread widens the interval.
+  spread = [dict(early=1.0, early_stderr=0.01, late=late, late_stderr=0.01)
+            for late in (1.05, 1.25, 1.65)]
   combined = report.combine((0, 1, 2), [report.make_claim("k", "s", "e", "grows", n)
-                                        for n in disagree])
+                                        for n in spread])
   assert combined.seed_verdicts == (H, H, H)
-  assert combined.numbers["heterogeneity_p_late"] < 1e-6 and combined.verdict == I
+  assert combined.numbers["heterogeneity_p_late"] < 1e-6
+  assert combined.numbers["between_seed_sd_late"] == pytest.approx(0.3055, rel=0.01)
+  assert combined.verdict == I
+  # Seeds that, alone, decide opposite ways.
+  opposite = [dict(early=1.0, early_stderr=0.01, late=late, late_stderr=0.01)
+              for late in (1.5, 1.5, 0.5)]
+  combined = report.combine((0, 1, 2), [report.make_claim("k", "s", "e", "grows", n)
+                                        for n in opposite])
+  assert combined.seed_verdicts == (H, H, N) and combined.numbers["seeds_opposed"] == 1
+  assert combined.verdict == I
+
+
+def test_separation_by_lag_is_flat_for_one_measure_and_rises_under_drift():
+  from invmeasure.analysis import invariant
+  rng = np.random.default_rng()
+  still = [rng.normal(size=(300, 4)) for _ in range(6)]
+  drifting = [rng.normal(size=(300, 4)) + 0.5 * i for i in range(6)]
+  flat, rising = invariant.separation_by_lag(still), invariant.separation_by_lag(drifting)
+  assert flat.shape == rising.shape == (5,)
+  assert abs(flat[-1] - flat[1]) < 0.1
+  assert rising[-1] - rising[1] > 0.3 and np.all(np.diff(rising) > 0)
+  assert rising[0] == pytest.approx(np.mean([invariant.separation(drifting[i], drifting[i + 1])
+                                             for i in range(5)]))
 
 
 @pytest.mark.parametrize("rule,numbers,expected", CASES)

@@ -211,6 +211,18 @@ def separation(x: Any, y: Any, *, num_directions: int = 128, seed: int = 0) -> f
   return float(sliced / (sphere_abs_projection_mean(x.shape[1]) * travel))
 
 
+def separation_by_lag(windows: Sequence[Any], **kwargs) -> np.ndarray:
+  """(W-1,) mean `separation` over every pair of windows (in time order) `lag` apart, for
+  lag = 1, ..., W-1. Flat in the lag once windows sample one measure; rising while the
+  measure still drifts or spreads (windows further apart in time are further apart)."""
+  parts = [_sample_2d(w, "separation_by_lag", "windows") for w in windows]
+  if len(parts) < 2:
+    raise ValueError(f"separation_by_lag: needs at least 2 windows, got {len(parts)}")
+  return np.asarray([np.mean([separation(parts[i], parts[i + lag], **kwargs)
+                              for i in range(len(parts) - lag)])
+                     for lag in range(1, len(parts))], dtype=np.float64)
+
+
 def autocorrelation_time(samples: Any, c: float = 5.0) -> float:
   """Integrated autocorrelation time, in rows, of a (T,) or (T, n) series (columns
   averaged): 1 + 2 sum of the autocorrelations up to Sokal's self-consistent window, the

@@ -8,11 +8,13 @@ is within the standard errors).
 
 Every training run is repeated over several seeds, independent replicates of one
 experiment. Where a claim's per-seed numbers are means with standard errors of the same
-quantity (`Rule.pooled` names them), the seeds are pooled: each such quantity's
-inverse-variance weighted mean and its standard error (`pool`) form the claim's numbers,
-and the rule decides those; if the seeds disagree beyond their errors (Cochran's Q test,
-`HETEROGENEITY_ALPHA` shared over the pooled quantities) the claim is inconclusive. Other
-claims are decided per seed and the verdicts combined (`COMBINE_TEXT`).
+quantity (`Rule.pooled` names them), the seeds are pooled (`pool`) and the rule decides
+the pooled numbers. The pool is random-effects: each seed's run settles at a level of its
+own (a seed-to-seed spread that is part of the experiment, not an error), so the pooled
+interval carries that spread, estimated from the seeds (DerSimonian-Laird). Cochran's Q
+and the between-seed standard deviation are printed. A claim whose seeds, each decided alone, point in opposite
+directions (one held, one not held) is inconclusive (`seeds_opposed`). Other claims are
+decided per seed and the verdicts combined (`COMBINE_TEXT`).
 
 "Something stops changing" is decided by equivalence, never by failing to detect a
 change (which the longer the run, the surer it is to find): held when the 90% confidence
@@ -20,7 +22,10 @@ interval of the change lies inside a margin fixed in advance (two one-sided test
 not held when it lies entirely outside, otherwise inconclusive (`equivalence`). Each such
 rule says how its margin is set and why.
 
-Rules and margins were fixed on 2026-12-03, before the full run that they judge.
+Rules and margins were fixed on 2026-12-03, before the full run that they judge; the
+random-effects pool, the opposed-seeds gate and claim 13's lag test replaced the fixed-effect
+pool, its heterogeneity gate and the interleaved null later that day, before the runs on
+seeds 6, 7 and 8 (the replication) began.
 `LEGACY_RULES` keeps the rules they replaced, so a report can show both verdicts.
 """
 
@@ -37,10 +42,6 @@ Numbers = Mapping[str, float]
 
 # Two one-sided tests at 5% each: the 90% two-sided interval.
 Z90 = float(stats.norm.ppf(0.95))
-# Seeds disagree when Cochran's Q has p below this, shared (Bonferroni) over the quantities
-# a claim pools. Within-run standard errors are batch-means estimates, so the Q test is
-# approximate; 1% keeps it from flagging ordinary sampling error in those estimates.
-HETEROGENEITY_ALPHA = 0.01
 # Claim 1: the loss is stable when the second half lowered it by less than 5% of the
 # progress the run had already made (initial loss minus the first plateau window's).
 LOSS_MARGIN_FRACTION = 0.05
@@ -52,9 +53,12 @@ TIME_AVERAGE_MARGIN_FRACTION = 0.2
 # Claim 19: the expected one-step change of F vanishes when its time average is within a
 # tenth of the typical size of one step's change |F(x + u) - F(x)|.
 STEP_CHANGE_MARGIN_FRACTION = 0.1
-# Claim 13: consecutive windows sample one measure when their separation exceeds that of
-# two interleaved halves of one window (the statistic's value when they do) by at most
-# 0.1 (a tenth of the way to disjoint); they do not when it exceeds it by 0.3 or more.
+# Claim 13: the measure has stopped moving when windows five relaxation times apart are
+# no further apart than windows two apart (`separation` growth with lag, 0 for one measure):
+# within a tenth of the way to disjoint. Lag 2 is the reference, not lag 1, so that no pair
+# shares the autocorrelated rows at a common boundary.
+MEASURE_GROWTH_MARGIN = 0.1
+# The rule it replaced (against interleaved halves of one window), kept for the report.
 MEASURE_EXCESS_HELD, MEASURE_EXCESS_NOT_HELD = 0.1, 0.3
 
 Pairs = Callable[[Numbers], list[tuple[str, str]]]
@@ -72,40 +76,71 @@ class Rule(NamedTuple):
 class Pooled(NamedTuple):
   mean: float
   stderr: float
-  q: float  # Cochran's heterogeneity statistic
-  p: float  # its chi-squared p-value on (seeds - 1) degrees of freedom
+  q: float       # Cochran's heterogeneity statistic (NaN without per-seed errors)
+  p: float       # its chi-squared p-value on (seeds - 1) degrees of freedom
+  between_sd: float  # the between-seed standard deviation tau
 
 
-def pool(values: Sequence[float], stderrs: Sequence[float]) -> Pooled:
-  """Inverse-variance weighted mean of replicate estimates, its standard error and
-  Cochran's Q test of whether they estimate one value (NaN where any is not finite)."""
-  if len(values) == 0 or not all(math.isfinite(v) for v in list(values) + list(stderrs)) \
-      or any(e <= 0 for e in stderrs):
-    return Pooled(math.nan, math.nan, math.nan, math.nan)
-  weights = [1 / e ** 2 for e in stderrs]
-  mean = sum(w * v for w, v in zip(weights, values)) / sum(weights)
-  q = sum(w * (v - mean) ** 2 for w, v in zip(weights, values))
-  p = float(stats.chi2.sf(q, len(values) - 1)) if len(values) > 1 else 1.0
-  return Pooled(mean, 1 / math.sqrt(sum(weights)), q, p)
+def pool(values: Sequence[float], stderrs: Sequence[float] | None = None) -> Pooled:
+  """Random-effects pool of replicate estimates (NaN where any input is not finite).
+
+  With per-seed standard errors s_i (DerSimonian-Laird): weights 1 / (s_i^2 + tau^2),
+  tau^2 the between-seed variance estimated from Cochran's Q (0 when the seeds agree
+  within their errors, which makes this the inverse-variance pool); standard error
+  1 / sqrt(sum of the weights). With three seeds tau is itself uncertain, so the interval
+  is approximate; the opposed-seeds gate guards against the worst case. Without per-seed
+  errors (`stderrs` None: a statistic a seed gives no error for), the seeds' plain mean and
+  sd / sqrt(k), scaled by t_{k-1}(0.95) / Z90 so that a rule's normal-quantile interval on
+  it is the one-sample t interval. One seed with its error is returned as it is.
+  """
+  values = [float(v) for v in values]
+  k = len(values)
+  nan = Pooled(math.nan, math.nan, math.nan, math.nan, math.nan)
+  if k == 0 or not all(map(math.isfinite, values)):
+    return nan
+  if stderrs is None:
+    if k < 2:
+      return nan
+    mean = sum(values) / k
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
+    t_over_z = float(stats.t.ppf(0.95, k - 1)) / Z90
+    return Pooled(mean, sd / math.sqrt(k) * t_over_z, math.nan, math.nan, sd)
+  errors = [float(e) for e in stderrs]
+  if not all(map(math.isfinite, errors)) or any(e <= 0 for e in errors):
+    return nan
+  if k == 1:
+    return Pooled(values[0], errors[0], 0.0, 1.0, 0.0)
+  w = [1 / e ** 2 for e in errors]
+  fixed = sum(wi * v for wi, v in zip(w, values)) / sum(w)
+  q = sum(wi * (v - fixed) ** 2 for wi, v in zip(w, values))
+  tau2 = max(0.0, (q - (k - 1)) / (sum(w) - sum(wi ** 2 for wi in w) / sum(w)))
+  w_star = [1 / (e ** 2 + tau2) for e in errors]
+  mean = sum(wi * v for wi, v in zip(w_star, values)) / sum(w_star)
+  return Pooled(mean, 1 / math.sqrt(sum(w_star)), q, float(stats.chi2.sf(q, k - 1)),
+                math.sqrt(tau2))
 
 
 def pooled_numbers(rule: str, per_seed: Sequence[Numbers]) -> dict[str, float]:
-  """A pooled claim's numbers: pooled value and standard error for each pair of
-  `RULES[rule].pooled`, with `heterogeneity_p_<value>`; every other number the seeds'
-  mean."""
+  """A pooled claim's numbers: for each pair of `RULES[rule].pooled`, the pooled value
+  and standard error (`pool`; a standard error the seeds do not give is taken from their
+  spread), `heterogeneity_p_<value>` and `between_seed_sd_<value>`; `seeds_opposed` (1 if
+  some seed alone reads held and another not held); every other number the seeds' mean."""
   first = per_seed[0]
   out = {name: sum(n.get(name, math.nan) for n in per_seed) / len(per_seed) for name in first}
   for value, stderr in RULES[rule].pooled(first):
-    result = pool([n[value] for n in per_seed], [n[stderr] for n in per_seed])
+    errors = [n[stderr] for n in per_seed] if stderr in first else None
+    result = pool([n[value] for n in per_seed], errors)
     out[value], out[stderr] = result.mean, result.stderr
     out[f"heterogeneity_p_{value}"] = result.p
+    out[f"between_seed_sd_{value}"] = result.between_sd
+  verdicts = {decide(rule, n) for n in per_seed}
+  out["seeds_opposed"] = float(HELD in verdicts and NOT_HELD in verdicts)
   return out
 
 
-def heterogeneous(n: Numbers) -> bool:
-  """Whether the pooled seeds disagree beyond their errors (`HETEROGENEITY_ALPHA`)."""
-  ps = [v for k, v in n.items() if k.startswith("heterogeneity_p_")]
-  return any(not math.isfinite(p) or p < HETEROGENEITY_ALPHA / len(ps) for p in ps)
+def opposed(n: Numbers) -> bool:
+  """Whether the pooled seeds, each decided alone, point in opposite directions."""
+  return bool(n.get("seeds_opposed", 0.0))
 
 
 def equivalence(change: float, stderr: float, margin: float) -> str:
@@ -159,7 +194,7 @@ def _loss_equivalent_gradient_not_vanishing(n: Numbers) -> str:
   a gradient norm that keeps at least half its size, clear of zero."""
   if not _finite(n, "loss_initial", "loss_window_first", "loss_change", "loss_change_stderr",
                  "grad_norm_ratio", "grad_norm_last", "grad_norm_last_stderr") \
-      or heterogeneous(n):
+      or opposed(n):
     return INCONCLUSIVE
   loss = equivalence(n["loss_change"], n["loss_change_stderr"], _loss_margin(n))
   if loss == NOT_HELD or n["grad_norm_ratio"] < 0.5:
@@ -179,7 +214,7 @@ def _ordered_decreasing_in_lr(n: Numbers) -> str:
   count = sum(1 for k in n if k.startswith("mean_"))
   means = [n[f"mean_{i}"] for i in range(count)]
   errors = [n[f"stderr_{i}"] for i in range(count)]
-  if count < 2 or not all(map(math.isfinite, means + errors)) or heterogeneous(n):
+  if count < 2 or not all(map(math.isfinite, means + errors)) or opposed(n):
     return INCONCLUSIVE
   gaps = [(means[i + 1] - means[i], 2 * math.hypot(errors[i], errors[i + 1]))
           for i in range(count - 1)]
@@ -193,7 +228,7 @@ def _ordered_decreasing_in_lr(n: Numbers) -> str:
 def _exceeds(n: Numbers, low: str, high: str) -> str:
   """Held if n[high] exceeds n[low] by more than twice the combined standard error
   (fields `<name>_stderr`), not held if it falls short by more than that."""
-  if not _finite(n, low, f"{low}_stderr", high, f"{high}_stderr") or heterogeneous(n):
+  if not _finite(n, low, f"{low}_stderr", high, f"{high}_stderr") or opposed(n):
     return INCONCLUSIVE
   margin = 2 * math.hypot(n[f"{low}_stderr"], n[f"{high}_stderr"])
   if n[high] - n[low] > margin:
@@ -275,7 +310,7 @@ def _step_change_margin(n: Numbers) -> float:
 def _step_change_vanishes(n: Numbers) -> str:
   """Claim 19 by equivalence: the run's mean one-step change of F over its plateau
   (`change_per_step`, telescoped from the diagnostic rows) within a tenth of `scale`."""
-  if not _finite(n, "change_per_step", "change_per_step_stderr", "scale") or heterogeneous(n):
+  if not _finite(n, "change_per_step", "change_per_step_stderr", "scale") or opposed(n):
     return INCONCLUSIVE
   return equivalence(n["change_per_step"], n["change_per_step_stderr"],
                      _step_change_margin(n))
@@ -314,7 +349,7 @@ def _step_scales(n: Numbers) -> list[str]:
 def _smaller_step_lowers_loss(n: Numbers) -> str:
   """`change_<c>`, `stderr_<c>` for scales c < 1, and `change_1`."""
   scales = _step_scales(n)
-  if not scales or not _finite(n, "change_1") or heterogeneous(n):
+  if not scales or not _finite(n, "change_1") or opposed(n):
     return INCONCLUSIVE
   if any(n[f"change_{c}"] + 2 * n[f"stderr_{c}"] < 0 and n[f"change_{c}"] < n["change_1"]
          for c in scales):
@@ -337,14 +372,23 @@ def _measure_matches_null(n: Numbers) -> str:
   return INCONCLUSIVE
 
 
-def _measure_converges(n: Numbers) -> str:
-  if not _finite(n, "separation_last", "travel_ratio"):
+def _measure_stops_spreading(n: Numbers) -> str:
+  """Claim 13 by equivalence, pooled over the seeds: the growth of the separation between
+  windows from lag 2 to lag 5 within `MEASURE_GROWTH_MARGIN`, while the weights keep
+  travelling (the last pair's travel at least half the first's)."""
+  if not _finite(n, "separation_growth", "separation_growth_stderr", "travel_ratio") \
+      or opposed(n):
     return INCONCLUSIVE
-  if n["separation_last"] <= 0.3 and n["travel_ratio"] >= 0.5:
-    return HELD
-  if n["separation_last"] >= 0.7:
+  growth = equivalence(n["separation_growth"], n["separation_growth_stderr"],
+                       MEASURE_GROWTH_MARGIN)
+  if growth == NOT_HELD or n["travel_ratio"] < 0.5:
     return NOT_HELD
-  return INCONCLUSIVE
+  return growth
+
+
+def _measure_growth_interval(n: Numbers) -> str:
+  return interval_text(n["separation_growth"], n["separation_growth_stderr"],
+                       MEASURE_GROWTH_MARGIN, "Growth of the separation from lag 2 to lag 5")
 
 
 def _time_average_margin(n: Numbers) -> float:
@@ -355,7 +399,7 @@ def _time_average_equivalent(n: Numbers) -> str:
   """Claims 10-12 by equivalence: the time average's relative change over the last window
   within a fifth of one iterate's coefficient of variation."""
   if not _finite(n, "average_change", "average_change_stderr", "fluctuation") \
-      or heterogeneous(n):
+      or opposed(n):
     return INCONCLUSIVE
   return equivalence(n["average_change"], n["average_change_stderr"], _time_average_margin(n))
 
@@ -381,8 +425,9 @@ _MEAN_PAIRS: Pairs = lambda n: [(f"mean_{i}", f"stderr_{i}")  # noqa: E731
                                  for i in range(sum(k.startswith("mean_") for k in n))]
 _STEP_PAIRS: Pairs = lambda n: [(f"change_{c}", f"stderr_{c}")  # noqa: E731
                                 for c in _step_scales(n)]
-_POOLED_TEXT = (" Pooled over the seeds (inverse-variance); inconclusive if they disagree "
-                "beyond their errors.")
+_POOLED_TEXT = (" Decided on the seeds' random-effects pool (DerSimonian-Laird: the "
+                "seed-to-seed spread widens the interval); inconclusive if seeds decided "
+                "alone point in opposite directions (`seeds_opposed`).")
 
 RULES: dict[str, Rule] = {
     "loss_equivalent_gradient_not_vanishing": Rule(
@@ -449,12 +494,16 @@ RULES: dict[str, Rule] = {
         "standard error is below 0 and below the change at c = 1; not held if for every "
         "c < 1 the change minus twice its standard error is above 0; otherwise "
         "inconclusive." + _POOLED_TEXT, _smaller_step_lowers_loss, _STEP_PAIRS),
-    "measure_matches_null": Rule(
-        "held if the last two windows' separation exceeds `separation_null`, the "
-        "separation of two interleaved halves of the last window (what the statistic "
-        "reads when both sample one measure), by at most 0.1 while the travel between "
-        "windows stays at least half of what it was; not held if it exceeds it by 0.3 or "
-        "more; otherwise inconclusive.", _measure_matches_null),
+    "measure_stops_spreading": Rule(
+        "held if the 90% interval of `separation_growth` (the mean separation of windows "
+        "5 relaxation times apart minus that of windows 2 apart: 0 when every window "
+        "samples one measure, positive while the measure still spreads or drifts) lies "
+        "inside +-0.1 (a tenth of the way to disjoint) while the weights keep travelling "
+        "(`travel_ratio` >= 0.5); not held if the interval lies outside or the travel "
+        "fell below half; otherwise inconclusive. A seed gives no error for this "
+        "statistic: the pool's is the seeds' spread, so a seed alone is inconclusive."
+        + _POOLED_TEXT, _measure_stops_spreading,
+        _pairs(("separation_growth", "separation_growth_stderr")), _measure_growth_interval),
     "time_average_equivalent": Rule(
         "held if the 90% interval of the time average's relative change over the last "
         "window (`average_change`) lies inside +-20% of the per-iterate fluctuation (the "
@@ -477,10 +526,13 @@ LEGACY_RULES: dict[str, tuple[str, Rule]] = {
         "held if the study's one-step change of F at c = 1 (`change`) and its standard "
         "error are both at most 10% of `scale`; not held if the change is larger than that "
         "and than twice its standard error; otherwise inconclusive.", _gain_vanishes)),
-    "measure_matches_null": ("measure_converges", Rule(
-        "held if `separation_last` <= 0.3 while the travel between windows stays at least "
-        "half of what it was; not held if `separation_last` >= 0.7; otherwise "
-        "inconclusive.", _measure_converges)),
+    "measure_stops_spreading": ("measure_matches_null", Rule(
+        "held if the last two windows' separation exceeds `separation_null`, the "
+        "separation of two interleaved halves of the last window, by at most 0.1 while the "
+        "travel between windows stays at least half of what it was; not held if it exceeds "
+        "it by 0.3 or more; otherwise inconclusive. (Interleaving averages out the slow "
+        "fluctuations that separate contiguous windows, so this null reads low.)",
+        _measure_matches_null)),
     "time_average_equivalent": ("time_average_converges", Rule(
         "held if the time average's last relative change is within twice its relative "
         "batch-means standard error and the per-iterate fluctuation is at least 5x that "

@@ -39,8 +39,11 @@ Sample sizes, computed before the run from the 2026-11-30 report's standard erro
   margin of 0.1 x 0.014 (a tenth of one step's typical change): no further samples needed.
 - Claim 1: the loss change's error (~0.01) against its margin (5% of ~1.7 = 0.085): no
   further samples needed; claims 2-6 were decided on every seed alone already.
-- Claim 13 uses windows of two relaxation times (4,000 steps) of the 20,010-step run's
-  last 12,000 steps: the run needs no lengthening.
+- Claim 13 compares the run's last six windows of one relaxation time (2,000 steps, 200
+  projection rows, ten of the projections' autocorrelation time of ~20 rows) at lags 2
+  and 5: within the 20,010-step run, which needs no lengthening. The seeds' spread of the
+  growth was 0.04 on seeds 0-2, so three seeds give a 90% interval of about +-0.07 around
+  it: enough to decide a growth of 0 or of 0.2 against the margin 0.1, not one near 0.1.
 `quick` shrinks every run (a narrower model, fewer steps, two seeds) into a smoke version
 for tests; its numbers are not evidence.
 """
