@@ -46,6 +46,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.dataset = "imagenet2012"  # TFDS imagenet2012 (ArrayRecord), 1,281,167 train images
   config.num_classes = 1000
   config.augmentation = "none"  # random-resized crop + flip happen on the host for ImageNet
+  config.data_workers = -1  # processes that decode and crop; -1: one per core this process may use
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet"  # a name in invmeasure.models.registry.MODELS
@@ -74,6 +75,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if args.get("tiny"):
     config.num_train_steps = 3
     config.batch_size = 8
+    config.data_workers = 0  # 8-image batches: decode in the loop's thread
     config.model.depth = 18
     config.model.width = 8
     config.diagnostics.every_steps = 2

@@ -7,6 +7,8 @@ of training, each without replacement, from a key of their own.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -18,8 +20,16 @@ def train_indices(seed: int, step: int, batch_size: int, num_examples: int) -> n
   """Indices of the global training batch of optimizer step `step` (0-based)."""
   per_epoch = steps_per_epoch(num_examples, batch_size)
   epoch, position = divmod(step, per_epoch)
+  order = _epoch_order(seed, epoch, num_examples)
+  return order[position * batch_size:(position + 1) * batch_size].copy()
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """The epoch's permutation, drawn once (ImageNet's 1.28M take ~44 ms), not every step."""
   order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  return order[position * batch_size:(position + 1) * batch_size]
+  order.flags.writeable = False
+  return order
 
 
 def diagnostic_indices(seed: int, step: int, num_minibatches: int, batch_size: int,

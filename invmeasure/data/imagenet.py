@@ -1,4 +1,6 @@
-"""ImageNet preprocessing on the host: decoded JPEGs of any size in, fixed-size uint8 out.
+"""ImageNet preprocessing on the host from decoded images (TFDS's own decode): the path
+`TfdsSource` reads cifar10-style, kept for decoded sources and as the benchmark's baseline.
+`jpeg` decodes only what each crop needs and `sources.JpegSource` reads through it.
 
 Training batches get a random-resized crop (scale 0.08-1, aspect ratio 3/4-4/3, as
 Inception / torchvision) and a horizontal flip; evaluation and the diagnostics' minibatches
@@ -8,33 +10,21 @@ example from (seed, step, position), so a resumed run crops exactly as before.
 
 from __future__ import annotations
 
-import math
 from concurrent import futures
 
 import numpy as np
 from PIL import Image
 
-IMAGE_SIZE = 224
-RESIZE_SIZE = 256
+from invmeasure.data import jpeg
+
+IMAGE_SIZE = jpeg.IMAGE_SIZE
+RESIZE_SIZE = jpeg.RESIZE_SIZE
 _POOL = futures.ThreadPoolExecutor(8)  # PIL releases the GIL while resizing
 
 
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
                         size: int = IMAGE_SIZE) -> np.ndarray:
-  height, width = image.shape[:2]
-  area = height * width
-  for _ in range(10):
-    target = area * rng.uniform(0.08, 1.0)
-    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-    w = int(round(math.sqrt(target * ratio)))
-    h = int(round(math.sqrt(target / ratio)))
-    if 0 < w <= width and 0 < h <= height:
-      top = int(rng.integers(0, height - h + 1))
-      left = int(rng.integers(0, width - w + 1))
-      break
-  else:  # fall back to a center crop of the whole image
-    h = w = min(height, width)
-    top, left = (height - h) // 2, (width - w) // 2
+  top, left, h, w = (int(v) for v in jpeg.random_window(*image.shape[:2], rng))
   crop = Image.fromarray(image[top:top + h, left:left + w])
   out = np.asarray(crop.resize((size, size), Image.BILINEAR))
   return out[:, ::-1] if rng.random() < 0.5 else out

@@ -12,14 +12,18 @@ from typing import Protocol
 
 import numpy as np
 
-from invmeasure.data import imagenet
+from invmeasure.data import imagenet, jpeg
 from invmeasure.errors import ConfigError
 
 
 class Source(Protocol):
   def __len__(self) -> int: ...
   def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
-  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None) -> dict: ...
+  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None,
+           positions: np.ndarray | None = None) -> dict:
+    """Examples at `indices`, augmented on the host from `augment_seed` if it does so;
+    `positions` (default 0, 1, ...) are their places in the global batch, which seed each
+    example's augmentation whatever the number of processes that share the batch."""
 
 
 # Training-set sizes, for planning a run (e.g. a dry run) without reading the data.
@@ -39,7 +43,8 @@ class ArraySource:
   def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     return {name: array[indices] for name, array in self.arrays.items()}
 
-  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None) -> dict:
+  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None,
+           positions: np.ndarray | None = None) -> dict:
     """Host augmentation is none: in-memory images are augmented on the device."""
     return self[indices]
 
@@ -56,26 +61,33 @@ class FirstExamples:
   def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     return self.source[indices]
 
-  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None) -> dict:
-    return self.source.read(indices, augment_seed)
+  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None,
+           positions: np.ndarray | None = None) -> dict:
+    return self.source.read(indices, augment_seed, positions)
+
+
+def _tfds_source(name: str, split: str, data_dir: str | None, decoders: dict | None = None):
+  """`tfds.data_source` of a prepared split, or a ConfigError saying how to prepare it."""
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                            decoders=decoders)
+  except Exception as error:  # TFDS raises several types for a missing data set
+    where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    raise ConfigError(
+        f"config.dataset={name!r} split {split!r} is not prepared in {where} ({type(error).__name__}); "
+        f"prepare it with `tfds build {name} --file_format=array_record"
+        f"{' --manual_dir=DIR' if name == 'imagenet2012' else ''}` "
+        "or set config.data_dir / TFDS_DATA_DIR to where it is") from None
 
 
 class TfdsSource:
   """A TFDS split read through `tfds.data_source` (ArrayRecord; no TensorFlow needed)."""
 
   def __init__(self, name: str, split: str, data_dir: str | None, features: tuple[str, ...]):
-    import tensorflow_datasets as tfds
     self._name = name
     self._features = features
-    try:
-      self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as error:  # TFDS raises several types for a missing data set
-      where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-      raise ConfigError(
-          f"config.dataset={name!r} split {split!r} is not prepared in {where} ({type(error).__name__}); "
-          f"prepare it with `tfds build {name} --file_format=array_record"
-          f"{' --manual_dir=DIR' if name == 'imagenet2012' else ''}` "
-          "or set config.data_dir / TFDS_DATA_DIR to where it is") from None
+    self._source = _tfds_source(name, split, data_dir)
 
   def __len__(self) -> int:
     return len(self._source)
@@ -84,9 +96,11 @@ class TfdsSource:
     """Examples at `indices` (any shape), stacked as indices.shape + feature shape."""
     return self.read(indices, None)
 
-  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None) -> dict:
+  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None,
+           positions: np.ndarray | None = None) -> dict:
     """Examples at `indices` (any shape); ImageNet images are cropped to 224 here,
-    at random when `augment_seed` is given (training), else centered."""
+    at random when `augment_seed` is given (training), else centered, each from
+    (augment_seed, its place in `indices`)."""
     indices = np.asarray(indices)
     examples = self._source.__getitems__([int(i) for i in indices.reshape(-1)])
     out = {}
@@ -98,6 +112,48 @@ class TfdsSource:
         stacked = np.stack(values)
       out[f] = stacked.reshape(indices.shape + stacked.shape[1:])
     return out
+
+
+class JpegSource:
+  """An image split read as raw JPEG bytes (TFDS's own decode skipped) and cropped by
+  `jpeg`, which decodes only what each crop needs: a random-resized crop and flip per
+  example when `augment_seed` is given, each from (augment_seed, its position), else the
+  center crop. Pickles as its arguments, so worker processes reopen the files."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None, size: int = jpeg.IMAGE_SIZE):
+    import tensorflow_datasets as tfds
+    self._args = (name, split, data_dir, size)
+    self._size = size
+    self._source = _tfds_source(name, split, data_dir, {"image": tfds.decode.SkipDecoding()})
+
+  def __getstate__(self):
+    return self._args
+
+  def __setstate__(self, args):
+    self.__init__(*args)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return self.read(indices, None)
+
+  def read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None,
+           positions: np.ndarray | None = None) -> dict:
+    indices = np.asarray(indices)
+    flat = [int(i) for i in indices.reshape(-1)]
+    positions = (np.arange(len(flat)) if positions is None
+                 else np.asarray(positions).reshape(-1))
+    examples = self._source.__getitems__(flat)
+    if augment_seed is None:
+      images = [jpeg.center_crop(ex["image"], self._size) for ex in examples]
+    else:
+      images = [jpeg.random_crop(ex["image"], np.random.default_rng([*augment_seed, int(p)]),
+                                 self._size) for ex, p in zip(examples, positions)]
+    images = np.stack(images)
+    labels = np.asarray([ex["label"] for ex in examples], np.int32)
+    return {"image": images.reshape(indices.shape + images.shape[1:]),
+            "label": labels.reshape(indices.shape)}
 
 
 def digits(split: str) -> ArraySource:
@@ -123,6 +179,8 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Source:
   """The named data set's split, or a ConfigError naming `config.dataset`."""
   if name == "digits":
     return digits(split)
-  if name in ("cifar10", "imagenet2012"):
+  if name == "imagenet2012":
+    return JpegSource(name, split, data_dir)
+  if name == "cifar10":
     return TfdsSource(name, split, data_dir, features=("image", "label"))
   raise ConfigError(f"config.dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}")

@@ -15,15 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from invmeasure.data import augment, batching, sources
+from invmeasure.data import augment, batching, image_reads, loader, sources
 from invmeasure.models import losses, registry
 from invmeasure.errors import ConfigError
 from invmeasure.training import optim, state as state_lib, step as step_lib
 from invmeasure.training.state import RunState
-
-
-# Marks the host seeds of diagnostic minibatches apart from those of training batches.
-_DIAGNOSTIC_STREAM = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +39,10 @@ class ImageTask:
   image_shape: tuple[int, ...]  # one example as the device sees it
   source: sources.Source | None  # None: sizes only (a dry run reads no data)
   num_examples: int
+  data_workers: int = 0        # processes that read and crop batches (0: the loop's thread)
+  # The training stream (`loader.Batches`), made at the first read; mutable state of a
+  # frozen task, which never changes what a step reads.
+  _streams: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, abstract: bool = False) -> ImageTask:
@@ -73,7 +73,7 @@ class ImageTask:
                weight_decay=optim.objective_weight_decay(config),
                seed=int(config.seed), batch_size=int(config.batch_size),
                image_shape=sources.IMAGE_SHAPES[config.dataset], source=source,
-               num_examples=num_examples)
+               num_examples=num_examples, data_workers=_data_workers(config))
 
   def preprocess(self, images: jax.Array, key: jax.Array | None) -> jax.Array:
     """uint8 images -> normalised floats, augmented as training batches are if `key`."""
@@ -137,34 +137,39 @@ class ImageTask:
     return step_lib.make_diagnostic_fns(self.diagnostic_loss, self.optimization.tx,
                                         self.weight_decay)
 
-  def _read(self, indices: np.ndarray, augment_seed: tuple[int, ...] | None = None) -> dict:
-    """This process's share of the examples at global `indices`."""
-    local = batching.process_slice(indices, jax.process_index(), jax.process_count())
-    if augment_seed is not None:  # per-process seeds keep the crops of each example distinct
-      augment_seed = (*augment_seed, jax.process_index())
-    return self.source.read(local, augment_seed)
+  def _reader(self) -> image_reads.Reader:
+    return image_reads.Reader(self.source, jax.process_index(), jax.process_count())
 
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
-    indices = batching.train_indices(self.seed, step, self.batch_size, self.num_examples)
-    return self._read(indices, (self.seed, step))
+    """This process's rows of step `step`'s batch, from `data_workers` processes that read
+    the steps after it ahead, in order (`loader.Batches`)."""
+    if "train" not in self._streams:
+      read = image_reads.TrainRead(self._reader(), self.seed, self.batch_size, self.num_examples)
+      self._streams["train"] = loader.Batches(read, self.optimization.num_steps + 1,
+                                              self.data_workers)
+    return self._streams["train"].get(step)
+
+  def close_data(self) -> None:
+    """Stops the data workers."""
+    stream = self._streams.pop("train", None)
+    if stream is not None:
+      stream.close()
 
   def diagnostic_batches(self, step: int, num_minibatches: int,
                          batch_size: int) -> list[dict[str, np.ndarray]]:
     """The round's K minibatches; augmented ones carry `augment_index` (each example's
     place in the round, which keys its on-device augmentation) and get the host's
-    augmentation (ImageNet's crops) from a seed of (seed, step, k)."""
+    augmentation (ImageNet's crops) from a seed of (seed, step, stream, k)."""
     indices = batching.diagnostic_indices(self.seed, step, num_minibatches, batch_size,
                                           self.num_examples)
-    if not self.diagnostic_augment:
-      return [self._read(row) for row in indices]
-    minibatches = []
-    for k, row in enumerate(indices):
-      minibatch = self._read(row, (self.seed, step, _DIAGNOSTIC_STREAM, k))
-      if self.augments_diagnostics:
+    read = image_reads.DiagnosticRead(self._reader(), self.seed, step, indices,
+                                      self.diagnostic_augment)
+    minibatches = loader.read_all(read, num_minibatches, self.data_workers)
+    if self.augments_diagnostics:
+      for k, minibatch in enumerate(minibatches):
         places = k * batch_size + np.arange(batch_size, dtype=np.int32)
         minibatch["augment_index"] = batching.process_slice(places, jax.process_index(),
                                                             jax.process_count())
-      minibatches.append(minibatch)
     return minibatches
 
   @property
@@ -178,3 +183,13 @@ class ImageTask:
     if not train and self.augments_diagnostics:
       batch["augment_index"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     return batch
+
+
+def _data_workers(config: ml_collections.ConfigDict) -> int:
+  """`config.data_workers`: processes that read and crop batches; -1: one per core this
+  process may use (0: read in the loop's thread)."""
+  workers = int(config.get("data_workers", 0))
+  if workers < -1:
+    raise ConfigError(f"config.data_workers={workers}; use -1 (one per core), 0 (no worker "
+                      "processes) or a number of processes")
+  return loader.available_cores() if workers == -1 else workers

@@ -84,7 +84,8 @@ class _Preemption:
 
 
 class _Batches:
-  """Global batches of each step, the task's reads done one step ahead on a thread."""
+  """Global batches of each step: the next step's read and placed on the devices on a
+  thread while the current step runs."""
 
   def __init__(self, task: tasks.Task, sharding: NamedSharding):
     self._task, self._sharding = task, sharding
@@ -92,12 +93,12 @@ class _Batches:
     self._pending: dict[int, futures.Future] = {}
 
   def _submit(self, step: int) -> futures.Future:
-    return self._pool.submit(self._task.train_batch, step)
+    return self._pool.submit(lambda: self._to_global(self._task.train_batch(step)))
 
   def train(self, step: int) -> dict:
     future = self._pending.pop(step, None) or self._submit(step)
     self._pending[step + 1] = self._submit(step + 1)
-    return self._to_global(future.result())
+    return future.result()
 
   def diagnostic(self, step: int, num_minibatches: int, batch_size: int) -> list[dict]:
     """The fresh minibatches of the diagnostic round at `step`, one global batch each."""
@@ -109,7 +110,11 @@ class _Batches:
             for k, v in local.items()}
 
   def close(self) -> None:
-    self._pool.shutdown(wait=False, cancel_futures=True)
+    """Lets a read in progress finish, then stops the task's data workers if it has any."""
+    self._pool.shutdown(wait=True, cancel_futures=True)
+    close_data = getattr(self._task, "close_data", None)
+    if close_data is not None:
+      close_data()
 
 
 # XLA:CPU's default scheduler runs a chunk's independent gradients side by side and keeps
