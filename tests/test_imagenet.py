@@ -1,12 +1,22 @@
-"""ImageNet host preprocessing and the ResNet-101 config, on TFDS mock data."""
+"""ImageNet host preprocessing and the ResNet-101 config, on an imagenet2012 ArrayRecord data
+set of small JPEGs that the tests write (`data.jpeg_records`: no TensorFlow needed)."""
 
 import numpy as np
 import pytest
 
 from configs import imagenet_resnet101
-from invmeasure.data import imagenet, sources
+from invmeasure.data import imagenet, jpeg_records, sources
 from invmeasure.training import loop
-from tests import tfds_mock
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """32 training and 16 validation JPEGs of ImageNet-like aspect ratios, small."""
+  path = str(tmp_path_factory.mktemp("imagenet"))
+  sizes = (((100, 75), 1.0), ((75, 100), 0.5), ((64, 64), 0.5))
+  jpeg_records.write(path, 32, seed=1, sizes=sizes, grayscale_every=8)
+  jpeg_records.write(path, 16, seed=2, split="validation", sizes=sizes)
+  return path
 
 
 def test_random_resized_crop_and_center_crop_shapes_and_determinism():
@@ -27,12 +37,12 @@ def test_random_resized_crop_and_center_crop_shapes_and_determinism():
   assert gray.shape == (1, 224, 224, 3)
 
 
-def test_imagenet_source_reads_fixed_size_batches(monkeypatch):
-  with tfds_mock.mock_tfds(monkeypatch, num_examples=12):
-    source = sources.load_source("imagenet2012", "train")
-    train = source.read(np.arange(6), (0, 5))
-    again = source.read(np.arange(6), (0, 5))
-    evaluation = source.read(np.arange(6).reshape(2, 3), None)
+def test_imagenet_source_reads_fixed_size_batches(data_dir):
+  source = sources.load_source("imagenet2012", "train", data_dir)
+  assert len(source) == 32
+  train = source.read(np.arange(6), (0, 5))
+  again = source.read(np.arange(6), (0, 5))
+  evaluation = source.read(np.arange(6).reshape(2, 3), None)
   assert train["image"].shape == (6, 224, 224, 3) and train["image"].dtype == np.uint8
   assert np.array_equal(train["image"], again["image"])
   assert evaluation["image"].shape == (2, 3, 224, 224, 3)
@@ -53,7 +63,8 @@ def test_config_matches_the_paper_and_its_variants():
     imagenet_resnet101.get_config("fast")
 
 
-def test_tiny_config_trains_on_mock_imagenet(monkeypatch, tmp_path):
-  with tfds_mock.mock_tfds(monkeypatch, num_examples=32):
-    row = loop.train_and_evaluate(imagenet_resnet101.get_config("tiny"), str(tmp_path / "run"))
+def test_tiny_config_trains_on_written_imagenet(data_dir, tmp_path):
+  config = imagenet_resnet101.get_config("tiny")
+  config.data_dir = data_dir
+  row = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert row["step"] == 3 and np.isfinite(row["grad_norm"]) and np.isfinite(row["train_loss"])

@@ -55,7 +55,7 @@ def write(data_dir: str, num_examples: int, *, seed: int = 0, name: str = "image
           split: str = "train", sizes=IMAGENET_LIKE_SIZES, texture: tuple[float, float] = (5.0, 14.0),
           quality: int = 90, num_classes: int = 1000, grayscale_every: int = 0) -> Written:
   """Writes `num_examples` photograph-like JPEGs as the TFDS data set `name`'s `split` in
-  `data_dir` (one ArrayRecord shard). Shapes are drawn from `sizes` ((width, height),
+  `data_dir` (one ArrayRecord shard; splits written before stay). Shapes are drawn from `sizes` ((width, height),
   weight) pairs, texture uniformly from `texture`; every `grayscale_every`-th image (if
   nonzero) is a one-channel JPEG, as some of ImageNet's are."""
   import tensorflow_datasets as tfds
@@ -88,7 +88,11 @@ def write(data_dir: str, num_examples: int, *, seed: int = 0, name: str = "image
       writer.write(example.SerializeToString())
   finally:
     writer.close()
-  builder.info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
+  others = []  # splits written before into the same directory stay listed
+  if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+    builder.info.read_from_directory(builder.data_dir)
+    others = [info for name, info in builder.info.splits.items() if name != split]
+  builder.info.set_splits(tfds.core.SplitDict(others + [tfds.core.SplitInfo(
       name=split, shard_lengths=[num_examples], num_bytes=os.path.getsize(path),
       filename_template=template)]))
   builder.info.write_to_directory(builder.data_dir)
