@@ -23,6 +23,10 @@ from invmeasure.diagnostics.curvature import (
 from invmeasure.diagnostics.gradients import (
     GradientStats, GradientStatsState, gradient_stats, gradient_stats_accumulate,
     gradient_stats_finalize, gradient_stats_init, gradient_stats_update)
+from invmeasure.diagnostics.per_example import (
+    NoiseScale, PerExampleStats, StepLengthPoint, cabs_batch_size, early_stopping,
+    inner_test, layer_norms, mean_gsnr, noise_scale, norm_test, normalized_step_length,
+    ortho_test, per_example_stats, step_length_point, tic)
 from invmeasure.diagnostics.spectrum import (
     HessianEigenpairs, LanczosResult, SpectralDensity, TraceResult, density_on_grid,
     hessian_trace, lanczos, slq_trace, spectral_density, top_hessian_eigenvalues)
@@ -38,6 +42,10 @@ __all__ = [
     "gradient_stats", "gradient_stats_init", "gradient_stats_update",
     "gradient_stats_accumulate", "gradient_stats_finalize", "GradientStats",
     "GradientStatsState",
+    # Per-example gradients of one minibatch (Cockpit's instruments).
+    "per_example_stats", "PerExampleStats", "norm_test", "inner_test", "ortho_test",
+    "mean_gsnr", "early_stopping", "cabs_batch_size", "tic", "noise_scale", "NoiseScale",
+    "step_length_point", "StepLengthPoint", "normalized_step_length", "layer_norms",
     # Spectrum.
     "hessian_trace", "lanczos", "top_hessian_eigenvalues", "spectral_density",
     "density_on_grid", "slq_trace", "TraceResult", "LanczosResult", "HessianEigenpairs",
