@@ -37,7 +37,7 @@ def _reference(losses, grads, lr, trace, direction_start, direction_end, start_g
       "ortho_test": np.sqrt((orth ** 2).sum(1).sum() / (b - 1) / b) / np.sqrt(g2),
       "gsnr": np.mean(g ** 2 / (grads.var(0) + 1e-5)),
       "early_stopping": 1 - b * np.mean(g ** 2 / (var_diag + 1e-5)),
-      "cabs": lr * np.trace(cov) / losses.mean(),
+      "cabs": lr * grads.var(0).sum() / losses.mean(),  # Cockpit's divisor B
       "tic": np.mean((grads ** 2).sum(1)) / (trace + 1e-7),
       "noise_scale": np.trace(cov) / g2,
       "noise_scale_unbiased": np.trace(cov) / (g2 - np.trace(cov) / b),

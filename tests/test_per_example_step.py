@@ -36,18 +36,15 @@ def test_step_fields_equal_the_library_outside_the_step():
   plan, state = _plan_and_state(config)
   task = plan.task
   train_step = jax.jit(task.train_step)
-  outside = []
-  for step in range(2):
-    batch = jax.device_put(task.train_batch(step), plan.batch_sharding)
-    before = state
-    state, metrics = train_step(state, batch)
-    augment_key, dropout_key = jax.random.split(step_lib.step_key(config.seed, before.step))
+
+  @jax.jit
+  def measure(params, batch, directions, step):
+    """The same quantities from the library, outside the step (one program)."""
+    augment_key, dropout_key = jax.random.split(step_lib.step_key(config.seed, step))
     data = {"image": task.preprocess(batch["image"], augment_key), "label": batch["label"]}
-    loss_fn = lambda p, b: task.batch_loss(p, {}, b["image"], b["label"], dropout_key)[0]  # noqa: E731,B023
-    update = jax.tree.map(jnp.subtract, state.params, before.params)
-    directions = [outside[-1][1]] if outside else [update]
-    stats = dg.per_example_stats(loss_fn, before.params, data, directions=directions + [update])
-    trace = dg.hessian_trace(loss_fn, before.params, data, num_samples=1,
+    loss_fn = lambda p, b: task.batch_loss(p, {}, b["image"], b["label"], dropout_key)[0]  # noqa: E731
+    stats = dg.per_example_stats(loss_fn, params, data, directions=directions)
+    trace = dg.hessian_trace(loss_fn, params, data, num_samples=1, unroll=True,
                              key=jax.random.fold_in(step_lib.step_key(config.seed, step), 1))
     want = {"step_norm_test": dg.norm_test(stats), "step_inner_test": dg.inner_test(stats),
             "step_ortho_test": dg.ortho_test(stats), "step_gsnr": dg.mean_gsnr(stats),
@@ -55,6 +52,16 @@ def test_step_fields_equal_the_library_outside_the_step():
             "step_noise_scale_unbiased": dg.noise_scale(stats).unbiased,
             "step_hessian_trace": trace.estimate,
             "step_tic": dg.tic(stats, trace.estimate)}
+    return stats, want, jax.grad(loss_fn)(params, data)
+
+  outside = []
+  for step in range(2):
+    batch = jax.device_put(task.train_batch(step), plan.batch_sharding)
+    before = state
+    state, metrics = train_step(state, batch)
+    update = jax.tree.map(jnp.subtract, state.params, before.params)
+    directions = [outside[-1][1]] if outside else [update]
+    stats, want, grads = measure(before.params, batch, directions + [update], before.step)
     if outside:  # alpha ends the previous step here
       previous_stats, previous_update = outside[-1]
       t = dg.tree_norm(previous_update)
@@ -64,7 +71,6 @@ def test_step_fields_equal_the_library_outside_the_step():
       assert np.isnan(metrics["step_alpha"])
     for name, value in want.items():
       np.testing.assert_allclose(metrics[name], value, rtol=2e-5, err_msg=name)
-    grads = jax.grad(loss_fn)(before.params, data)
     np.testing.assert_allclose(metrics["step_layer_norms/grad/Conv_0/kernel"],
                                jnp.linalg.norm(grads["Conv_0"]["kernel"]), rtol=1e-5)
     np.testing.assert_allclose(metrics["step_layer_norms/update/Dense_0/bias"],
@@ -108,22 +114,23 @@ def test_rows_average_every_field_and_alpha_over_the_steps_that_have_it(tmp_path
 
 def test_resnet_batchnorm_frozen_at_the_batch_statistics_in_float64(seed):
   with jax.enable_x64():
-    model = resnet.resnet(18, 3, "cifar", width=2)
+    model = resnet.resnet(18, 3, "cifar", width=2, dtype=jnp.float64)
     rng = np.random.default_rng(seed)
     images = jnp.asarray(rng.normal(size=(4, 6, 6, 3)))
     labels = jnp.asarray(rng.integers(0, 3, size=4))
     variables = model.init(jax.random.key(0), images[:1])
     params = jax.tree.map(lambda a: a.astype(jnp.float64), variables["params"])
     # Running averages far from the batch's, as after some training.
-    state = {"batch_stats": jax.tree.map(lambda a: a + 0.5, variables["batch_stats"])}
+    state = {"batch_stats": jax.tree.map(lambda a: a.astype(jnp.float64) + 0.5,
+                                         variables["batch_stats"])}
     batch = {"image": images, "label": labels}
     frozen = losses.frozen_batch_stats_loss_fn(model, params, state, images)
     training = losses.linen_loss_fn(model, state, train=True)
     np.testing.assert_allclose(frozen(params, batch), training(params, batch), rtol=1e-12)
     # Per example: the loop of one-example losses with those statistics held fixed.
     stats = dg.per_example_stats(frozen, params, batch, chunk_size=2)
-    grads = [jax.grad(frozen)(params, jax.tree.map(lambda a: a[i:i + 1], batch))
-             for i in range(4)]
+    grad = jax.jit(jax.grad(frozen))  # one example at a time: compiled once
+    grads = [grad(params, jax.tree.map(lambda a: a[i:i + 1], batch)) for i in range(4)]
     flat = np.stack([np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in grads])
     np.testing.assert_allclose(stats.sq_norms, (flat ** 2).sum(1), rtol=1e-8)
     np.testing.assert_allclose(stats.mean_dots, flat @ flat.mean(0), rtol=1e-8)

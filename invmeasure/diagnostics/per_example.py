@@ -16,7 +16,7 @@ From them, with Cockpit's definitions (Schneider, Dangel and Hennig, 2021):
   inner_test  sqrt(Var_i(g_i . g) / B) / |g|^2         Bollapragada et al. 2018, eq. 2.6
   ortho_test  sqrt(E_i |g_i - (g_i.g / |g|^2) g|^2 / B) / |g|   ibid., eq. 3.3
   mean_gsnr   mean_j g_j^2 / (Var_i g_ij + eps)        Liu et al. 2020 (population variance)
-  cabs_batch_size  lr tr S / l                         Balles et al. 2017, eq. 22 (SGD)
+  cabs_batch_size  lr tr S (B - 1) / (B l)            Balles et al. 2017, eq. 22 (SGD)
   early_stopping   1 - B mean_j g_j^2 / (S_jj + eps)   Mahsereci et al. 2017, eq. 7 (SGD)
   tic         (1/B) sum_i |g_i|^2 / (tr H + eps)       Thomas et al. 2020, trace form
   noise_scale tr S / |g|^2 and tr S / (|g|^2 - tr S / B)   McCandlish et al. 2018, B_simple
@@ -216,9 +216,12 @@ def early_stopping(stats: PerExampleStats, epsilon: float = 1e-5) -> jax.Array:
 
 
 def cabs_batch_size(stats: PerExampleStats, learning_rate: jax.Array | float) -> jax.Array:
-  """CABS's batch size (Balles et al. 2017, eq. 22), lr tr(S) / loss, the loss the
-  minibatch's mean. Defined for SGD without momentum at learning rate `learning_rate`."""
-  return learning_rate * stats.covariance_trace / jnp.mean(stats.losses)
+  """CABS's batch size (Balles et al. 2017, eq. 22), lr tr(Sigma) / loss, the loss the
+  minibatch's mean and tr(Sigma) estimated as Cockpit does, with divisor B:
+  (sum_i |g_i|^2 - B |g|^2) / B = tr(S) (B - 1) / B. Defined for SGD without momentum at
+  learning rate `learning_rate`."""
+  b = stats.batch_size
+  return learning_rate * stats.covariance_trace * (b - 1) / b / jnp.mean(stats.losses)
 
 
 def tic(stats: PerExampleStats, hessian_trace: jax.Array, epsilon: float = 1e-7) -> jax.Array:
@@ -248,8 +251,8 @@ class StepLengthPoint(NamedTuple):
   slope_var: jax.Array   # its sample variance over examples
 
 
-def step_length_point(stats: PerExampleStats, direction: int = 0,
-                      direction_norm: jax.Array | None = None) -> StepLengthPoint:
+def step_length_point(stats: PerExampleStats, direction: int,
+                      direction_norm: jax.Array) -> StepLengthPoint:
   """The observation at one end of the step along `stats`' direction number `direction`
   (`per_example_stats(..., directions=...)`) of norm `direction_norm`."""
   projections = stats.direction_dots[direction] / direction_norm
