@@ -66,7 +66,7 @@ def leading_axis_size(batches, name: str = "batches") -> int:
   leaves = jax.tree_util.tree_leaves_with_path(batches)
   if not leaves:
     raise ValueError(f"{name} has no array leaves")
-  sizes = {}
+  sizes: dict[int, str] = {}
   for path, leaf in leaves:
     shape = jnp.shape(leaf)
     if not shape:

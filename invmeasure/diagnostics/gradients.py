@@ -28,7 +28,7 @@ from invmeasure.diagnostics._types import Batch, LossFn, Params
 
 class GradientStatsState(NamedTuple):
   """Running sums of the streaming form; build with `gradient_stats_init`."""
-  count: jax.Array        # minibatches seen
+  count: jax.Array  # type: ignore[assignment]  # minibatches seen (shadows tuple.count)
   loss_mean: jax.Array    # running mean of the minibatch losses
   grad_mean: Params       # running mean gradient, a pytree like params
   sum_sq_dev: jax.Array   # S = sum_k ||g_k - mean||^2 (Welford)

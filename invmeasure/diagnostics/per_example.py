@@ -27,11 +27,10 @@ from the losses and projected gradients at both of its ends (it spans two steps:
 `StepLengthPoint` from one to the next).
 
 A loss with BatchNorm in training mode has no per-example gradient (each example's loss
-depends on the whole batch through the statistics). Pass instead a loss with the
-statistics frozen at the batch's own (computed once from the batch and passed in as
-constants): the per-example losses then average to the batch loss, and g is the gradient
-with the statistics held fixed (it differs from the training gradient by the path through
-them). The training driver does not call these instruments yet.
+depends on the whole batch through the statistics). Pass instead the loss with the
+statistics frozen at the batch's own (`invmeasure.models.losses.frozen_batch_stats_loss_fn`):
+the per-example losses then average to the batch loss, and g is the gradient with the
+statistics held fixed (it differs from the training gradient by the path through them).
 """
 
 from __future__ import annotations

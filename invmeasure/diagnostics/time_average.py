@@ -21,7 +21,7 @@ from invmeasure.diagnostics._types import PyTree
 
 class TimeAverageState(NamedTuple):
   """Running sums of `time_average`; build with its `init`."""
-  count: jax.Array           # updates seen
+  count: jax.Array  # type: ignore[assignment]  # updates seen (shadows tuple.count)
   mean: PyTree               # running mean of each observable
   sum_sq_dev: PyTree         # running sum of squared deviations from the mean (Welford)
   window_sum: PyTree         # sum over the current, incomplete window
@@ -31,7 +31,7 @@ class TimeAverageState(NamedTuple):
 
 class TimeAverageSummary(NamedTuple):
   """What `summarize` returns: the time average and the windows that judge it."""
-  count: jax.Array           # T, the number of observations
+  count: jax.Array  # type: ignore[assignment]  # T, the number of observations
   mean: PyTree               # Birkhoff average (1/T) sum_t phi_t
   variance: PyTree           # variance of phi_t over the trajectory
   window_means: PyTree       # last complete windows, oldest first; NaN where none yet

@@ -48,3 +48,41 @@ def linen_loss_fn(model: nn.Module, model_state: Mapping[str, Any], *, train: bo
     return loss(logits, batch[label_key])
 
   return loss_fn
+
+
+def batch_statistics(model: nn.Module, variables: Mapping[str, Any], inputs: jax.Array,
+                     **kwargs) -> Any:
+  """The statistics every BatchNorm of `model` normalises `inputs` with in training mode,
+  shaped as `variables['batch_stats']`, whatever each layer's momentum.
+
+  Two training-mode passes from running averages of 0 and of 1 give, per entry,
+  (1 - m) b and m + (1 - m) b; their difference is the momentum m, hence b. Only the
+  statistics differ between the two passes, so XLA computes the network once.
+  """
+  def new_stats(fill: float):
+    start = jax.tree.map(lambda s: jnp.full_like(s, fill), variables["batch_stats"])
+    _, state = model.apply({**variables, "batch_stats": start}, inputs, train=True,
+                           mutable=["batch_stats"], **kwargs)
+    return state["batch_stats"]
+
+  low, high = new_stats(0.0), new_stats(1.0)
+  return jax.tree.map(lambda a, b: a / (1.0 - (b - a)), low, high)
+
+
+def frozen_batch_stats_loss_fn(model: nn.Module, params: Any, model_state: Mapping[str, Any],
+                               inputs: jax.Array, *, loss: Callable = softmax_cross_entropy,
+                               input_key: str = "image", label_key: str = "label") -> Callable:
+  """`loss_fn(params, batch)` with every BatchNorm frozen at the statistics of `inputs`
+  (the training batch) at `params`: examples are then independent, so per-example
+  gradients exist (`invmeasure.diagnostics.per_example_stats`), and on the whole batch
+  it takes the training-mode loss's value. Its gradient holds the statistics fixed: it
+  lacks the training gradient's path through them."""
+  stats = jax.lax.stop_gradient(
+      batch_statistics(model, {"params": params, **model_state}, inputs))
+  frozen = {**model_state, "batch_stats": stats}
+
+  def loss_fn(p, batch):
+    logits = model.apply({"params": p, **frozen}, batch[input_key], train=False)
+    return loss(logits, batch[label_key])
+
+  return loss_fn

@@ -98,6 +98,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   if unknown:
     raise ConfigError(f"config.diagnostics.per_step names {unknown[0]!r}, which is unknown; "
                       f"choose among {', '.join(step_lib.PER_STEP)} (comma-separated)")
+  _check_per_example(config)
   if diag.get("num_projections", 0):
     _positive(diag.num_projections, "diagnostics.num_projections", int)
     _positive(diag.get("projection_every_steps"), "diagnostics.projection_every_steps", int)
@@ -135,3 +136,28 @@ def _check_augmentation(config: ml_collections.ConfigDict, text: bool) -> None:
   noise = config.get("augmentation_noise_std", 0.0)
   if not isinstance(noise, (int, float)) or isinstance(noise, bool) or noise < 0:
     raise ConfigError(f"config.augmentation_noise_std={noise!r} must be a number >= 0")
+
+
+def _check_per_example(config: ml_collections.ConfigDict) -> None:
+  """The per-example instruments: an image task, plain SGD where they need it, and a
+  chunk size that divides the batch."""
+  names = step_lib.per_step_names(config)
+  wanted = [n for n in names if n in step_lib.PER_EXAMPLE]
+  if not wanted:
+    return
+  if config.dataset in text_sources.DATASETS:
+    raise ConfigError(f"config.diagnostics.per_step names {wanted[0]!r}, a per-example "
+                      "instrument, which the language-model task does not measure; use it "
+                      "with an image config")
+  opt = config.optimizer
+  for name in (n for n in names if n in step_lib.SGD_ONLY):
+    if (opt.name != "sgd" or opt.get("momentum", 0.0) or opt.get("weight_decay", 0.0)
+        or opt.get("nesterov", False)):
+      raise ConfigError(f"config.diagnostics.per_step names {name!r}, defined for SGD "
+                        f"without momentum or weight decay only; config.optimizer is "
+                        f"{opt.name!r} with momentum={opt.get('momentum', 0.0)}, "
+                        f"weight_decay={opt.get('weight_decay', 0.0)}")
+  chunk = config.diagnostics.get("per_example_chunk_size", 0)
+  if chunk and (chunk < 0 or config.batch_size % chunk):
+    raise ConfigError(f"config.diagnostics.per_example_chunk_size={chunk} must divide "
+                      f"config.batch_size={config.batch_size} (0: the whole batch)")

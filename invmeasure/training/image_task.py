@@ -33,6 +33,8 @@ class ImageTask:
   augmentation_noise_std: float  # 'shift_noise': Gaussian pixel noise, in normalised units
   diagnostic_augment: bool     # diagnostic minibatches augmented as training batches are
   per_step: tuple[str, ...]    # quantities the train step measures (step.PER_STEP)
+  per_example_chunk_size: int  # examples per chunk of per-example gradients (0: all)
+  tic_probes: int              # Hutchinson probes of the per-step TIC's tr(H)
   weight_decay: float          # lambda of F = f + lambda/2 ||x||^2 (0: decoupled decay)
   seed: int
   batch_size: int              # global training batch
@@ -70,7 +72,9 @@ class ImageTask:
                augmentation_noise_std=float(config.get("augmentation_noise_std", 0.0)),
                diagnostic_augment=config.diagnostics.get("augment", "train") == "train",
                per_step=step_lib.per_step_names(config),
-               weight_decay=optim.objective_weight_decay(config),
+  per_example_chunk_size: int  # examples per chunk of per-example gradients (0: all)
+  tic_probes: int              # Hutchinson probes of the per-step TIC's tr(H)
+  weight_decay: float          # lambda of F = f + lambda/2 ||x||^2 (0: decoupled decay)
                seed=int(config.seed), batch_size=int(config.batch_size),
                image_shape=sources.IMAGE_SHAPES[config.dataset], source=source,
                num_examples=num_examples, data_workers=_data_workers(config))
@@ -111,9 +115,33 @@ class ImageTask:
                                          batch["label"], dropout_key)
     step_loss = lambda p: self.batch_loss(p, state.model_state, images, batch["label"],  # noqa: E731
                                           dropout_key)[0]
+    per_example = None
+    if step_lib.needs_per_example(self.per_step):
+      per_example = self.per_example(state, images, batch["label"], grads, dropout_key)
     return step_lib.apply_gradients(self.optimization.tx, state, loss, grads,
                                     per_step=self.per_step, step_loss=step_loss,
-                                    model_state=model_state)
+                                    per_example=per_example, model_state=model_state)
+
+  def per_example(self, state: RunState, images: jax.Array, labels: jax.Array, grads,
+                  dropout_key: jax.Array) -> step_lib.PerExample:
+    """The step's loss as the per-example instruments take it. With BatchNorm, its
+    statistics are frozen at the batch's own (the loss keeps its value; the mean
+    per-example gradient lacks the path through the statistics, so it is computed
+    apart); otherwise the per-example losses average to the step's loss and the step's
+    gradient is their mean (dropout, if any, draws a mask per example)."""
+    if state.model_state:
+      loss_fn = losses.frozen_batch_stats_loss_fn(self.model, state.params, state.model_state,
+                                                  images)
+      mean_gradient = None
+    else:
+      loss_fn = lambda p, b: self.batch_loss(p, {}, b["image"], b["label"], dropout_key)[0]  # noqa: E731
+      mean_gradient = grads
+    return step_lib.PerExample(
+        loss_fn=loss_fn, batch={"image": images, "label": labels},
+        mean_gradient=mean_gradient,
+        learning_rate=self.optimization.schedule(state.step),
+        key=jax.random.fold_in(step_lib.step_key(self.seed, state.step), 1),
+        chunk_size=self.per_example_chunk_size or None, tic_probes=self.tic_probes)
 
   def diagnostic_loss(self, state: RunState, minibatch: dict):
     """The round's loss and its batch: the training-mode function (BatchNorm on each

@@ -26,13 +26,43 @@ class RunState(NamedTuple):
   task_state: Any = ()
 
 
-def zero_sums(per_step: tuple[str, ...] = ()) -> dict:
+def per_step_fields(per_step: tuple[str, ...], params: Any = None) -> list[str]:
+  """The training-row fields (`step_...`) the per-step quantities `per_step` produce:
+  one per name, two for `noise_scale` and `tic`, one per parameter leaf and kind for
+  `layer_norms` (`params` gives the leaves)."""
+  fields = []
+  for name in per_step:
+    if name == "layer_norms":
+      zeros = jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params)
+      fields += [f"step_layer_norms/{k}" for k in dg.layer_norms(
+          grad=zeros, update=zeros, params=zeros, distance=zeros)]
+    else:
+      fields.append(f"step_{name}")
+      fields += {"noise_scale": ["step_noise_scale_unbiased"],
+                 "tic": ["step_hessian_trace"]}.get(name, [])
+  return fields
+
+
+def alpha_carry(params) -> dict:
+  """What alpha carries from a step to the next: the step's update (the direction), the
+  observation at its start, and whether there is one (not before the first step)."""
+  zero = jnp.zeros((), jnp.float32)
+  return {"direction": jax.tree.map(jnp.zeros_like, params),
+          "start": dict(dg.StepLengthPoint(zero, zero, zero, zero)._asdict()),
+          "valid": zero}
+
+
+def zero_sums(per_step: tuple[str, ...] = (), params: Any = None) -> dict:
   """Loss sums since the last training row and in this epoch, the last update's norm,
-  and a sum since the last row for each per-step quantity (`log_step_<name>`)."""
+  and a sum since the last row for each per-step field (`log_step_<field>`); with
+  `alpha`, what it carries from step to step and its count of steps that have it."""
   zero = jnp.zeros((), jnp.float32)
   sums = {"log_loss": zero, "log_count": zero, "epoch_loss": zero, "epoch_count": zero,
           "update_norm": zero}
-  sums.update({f"log_step_{name}": zero for name in per_step})
+  sums.update({f"log_{field}": zero for field in per_step_fields(per_step, params)})
+  if "alpha" in per_step:
+    sums.update({"log_alpha_sum": zero, "log_alpha_count": zero,
+                 "alpha": alpha_carry(params)})
   return sums
 
 
@@ -48,7 +78,7 @@ def init_run_state(init_variables: Callable[[jax.Array], Any], tx: optax.Gradien
   vector = dg.tree_random_like(vector_key, params)
   return RunState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                   opt_state=tx.init(params), init_params=params, sharpness_vector=vector,
-                  sums=zero_sums(per_step), task_state=task_state)
+                  sums=zero_sums(per_step, params), task_state=task_state)
 
 
 def state_shardings(state: RunState, mesh: Mesh) -> RunState:

@@ -9,7 +9,7 @@ step's result depends on nothing but the state and the batch.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,13 +53,37 @@ def step_key(seed: int, step: jax.Array) -> jax.Array:
 
 
 # Quantities the train step can measure at every step (`config.diagnostics.per_step`).
-PER_STEP = ("grad_norm", "update_norm", "update_sharpness")
+# The first three need the step's gradient and update only; the others come from the
+# per-example gradients of the step's minibatch (`PER_EXAMPLE`) or, for `layer_norms`,
+# are a norm per parameter leaf.
+PER_STEP = ("grad_norm", "update_norm", "update_sharpness", "norm_test", "inner_test",
+            "ortho_test", "gsnr", "noise_scale", "cabs", "early_stopping", "tic", "alpha",
+            "layer_norms")
+PER_EXAMPLE = ("norm_test", "inner_test", "ortho_test", "gsnr", "noise_scale", "cabs",
+               "early_stopping", "tic", "alpha")
+# Defined for plain SGD only (no momentum, no weight decay), as in their papers and Cockpit.
+SGD_ONLY = ("cabs", "early_stopping")
 
 
 def per_step_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The names in `config.diagnostics.per_step` (comma-separated; '' for none)."""
   value = config.diagnostics.get("per_step", "") or ""
   return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+class PerExample(NamedTuple):
+  """What a task hands the train step for the per-example instruments."""
+  loss_fn: Callable            # (params, batch) -> mean loss; examples independent
+  batch: Any                   # the step's minibatch as `loss_fn` takes it
+  mean_gradient: Any           # the mean of the per-example gradients if known, else None
+  learning_rate: jax.Array     # the step's (CABS)
+  key: jax.Array               # Hutchinson's probes (TIC)
+  chunk_size: int | None = None  # examples differentiated at once (None: all)
+  tic_probes: int = 1          # Rademacher probes of tr(H) per step
+
+
+def needs_per_example(names: tuple[str, ...]) -> bool:
+  return any(name in PER_EXAMPLE for name in names)
 
 
 def step_diagnostics(names: tuple[str, ...], grads, updates, params,
@@ -79,23 +103,97 @@ def step_diagnostics(names: tuple[str, ...], grads, updates, params,
   return out
 
 
+def per_example_diagnostics(names: tuple[str, ...], state: RunState, grads, updates,
+                            per_example: PerExample | None) -> tuple[dict, dict | None]:
+  """The per-example instruments `names` of one step and the next alpha carry.
+
+  One pass over the minibatch's per-example gradients (in chunks) gives every reduction;
+  alpha projects them on the last step's update (this step ends it) and on this one's
+  (this step starts it): it is reported one step late, as Cockpit reports it, and the
+  step's row skips it before there is a previous step. `layer_norms` are per-leaf norms
+  of the gradient, the update, the weights and their distance from initialisation, at
+  the weights the gradient was taken at.
+  """
+  out: dict[str, jax.Array] = {}
+  carry = None
+  if "layer_norms" in names:
+    distance = jax.tree.map(jnp.subtract, state.params, state.init_params)
+    norms = dg.layer_norms(grad=grads, update=updates, params=state.params, distance=distance)
+    out.update({f"step_layer_norms/{k}": v for k, v in norms.items()})
+  if not needs_per_example(names):
+    return out, carry
+  if per_example is None:
+    raise ValueError(f"per-step {[n for n in names if n in PER_EXAMPLE]} need the task's "
+                     "per-example loss")
+  directions = []
+  if "alpha" in names:
+    previous = state.sums["alpha"]
+    directions = [previous["direction"], updates]
+  stats = dg.per_example_stats(
+      per_example.loss_fn, state.params, per_example.batch,
+      mean_gradient=per_example.mean_gradient, directions=directions,
+      sum_squares="gsnr" in names or "early_stopping" in names,
+      chunk_size=per_example.chunk_size)
+  for name, fn in (("norm_test", dg.norm_test), ("inner_test", dg.inner_test),
+                   ("ortho_test", dg.ortho_test), ("gsnr", dg.mean_gsnr),
+                   ("early_stopping", dg.early_stopping)):
+    if name in names:
+      out[f"step_{name}"] = fn(stats)
+  if "noise_scale" in names:
+    scale = dg.noise_scale(stats)
+    out["step_noise_scale"], out["step_noise_scale_unbiased"] = scale.simple, scale.unbiased
+  if "cabs" in names:
+    out["step_cabs"] = dg.cabs_batch_size(stats, per_example.learning_rate)
+  if "tic" in names:
+    trace = dg.hessian_trace(per_example.loss_fn, state.params, per_example.batch,
+                             key=per_example.key, num_samples=per_example.tic_probes,
+                             unroll=True).estimate
+    out["step_tic"], out["step_hessian_trace"] = dg.tic(stats, trace), trace
+  if "alpha" in names:
+    previous = state.sums["alpha"]
+    t_previous = dg.tree_norm(previous["direction"])
+    end = dg.step_length_point(stats, 0, t_previous)
+    alpha = dg.normalized_step_length(dg.StepLengthPoint(**previous["start"]), end,
+                                      t_previous)
+    out["step_alpha"] = jnp.where(previous["valid"] > 0, alpha, jnp.nan)
+    start = dg.step_length_point(stats, 1, dg.tree_norm(updates))
+    carry = {"direction": updates, "start": dict(start._asdict()),
+             "valid": jnp.ones((), jnp.float32)}
+  return out, carry
+
+
 def apply_gradients(tx: optax.GradientTransformation, state: RunState, loss: jax.Array,
                     grads, *, per_step: tuple[str, ...] = (), step_loss: Callable | None = None,
+                    per_example: PerExample | None = None,
                     **changes) -> tuple[RunState, dict]:
   """The state after one optimizer step on `grads`, with `loss` added to the sums and
   the other fields in `changes` (e.g. a new model state) replaced, and the step's metrics:
   `loss` and the `per_step` quantities (`step_diagnostics`; `step_loss` is the step's
-  minibatch loss as a function of the weights), whose sums feed the training rows."""
+  minibatch loss as a function of the weights; `per_example_diagnostics` from
+  `per_example`), whose sums feed the training rows."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, **step_diagnostics(per_step, grads, updates, state.params,
                                               step_loss)}
+  extra, carry = per_example_diagnostics(per_step, state, grads, updates, per_example)
+  metrics.update(extra)
   sums = dict(state.sums)
   for name in ("log", "epoch"):
     sums[f"{name}_loss"] = sums[f"{name}_loss"] + loss
     sums[f"{name}_count"] = sums[f"{name}_count"] + 1
-  for name in per_step:
-    sums[f"log_step_{name}"] = sums[f"log_step_{name}"] + metrics[f"step_{name}"]
+  for field in metrics:
+    if field.startswith("step_") and field != "step_alpha":
+      sums[f"log_{field}"] = sums[f"log_{field}"] + metrics[field]
+  if carry is not None:
+    # The rows average alpha over the steps that have it: its sum is kept rescaled to
+    # the interval's step count, which the loop divides by.
+    valid = state.sums["alpha"]["valid"]
+    sums["log_alpha_sum"] = sums["log_alpha_sum"] + jnp.where(valid > 0, metrics["step_alpha"],
+                                                              0.0)
+    sums["log_alpha_count"] = sums["log_alpha_count"] + valid
+    sums["log_step_alpha"] = (sums["log_alpha_sum"] / sums["log_alpha_count"]
+                              * sums["log_count"])
+    sums["alpha"] = carry
   sums["update_norm"] = dg.tree_norm(updates)
   new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
                              sums=sums, **changes)
