@@ -72,9 +72,9 @@ class ImageTask:
                augmentation_noise_std=float(config.get("augmentation_noise_std", 0.0)),
                diagnostic_augment=config.diagnostics.get("augment", "train") == "train",
                per_step=step_lib.per_step_names(config),
-  per_example_chunk_size: int  # examples per chunk of per-example gradients (0: all)
-  tic_probes: int              # Hutchinson probes of the per-step TIC's tr(H)
-  weight_decay: float          # lambda of F = f + lambda/2 ||x||^2 (0: decoupled decay)
+               per_example_chunk_size=int(config.diagnostics.get("per_example_chunk_size", 0)),
+               tic_probes=int(config.diagnostics.get("tic_probes", 1)),
+               weight_decay=optim.objective_weight_decay(config),
                seed=int(config.seed), batch_size=int(config.batch_size),
                image_shape=sources.IMAGE_SHAPES[config.dataset], source=source,
                num_examples=num_examples, data_workers=_data_workers(config))
