@@ -57,6 +57,7 @@ def test_missing_pydoc_data_is_a_one_line_error_naming_the_package(monkeypatch):
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, "__import__", no_pydoc)
+  pydoc_text.corpus_bytes.cache_clear()  # read afresh, without the module
   with pytest.raises(ConfigError, match="pydoc_data") as error:
     pydoc_text.corpus_bytes()
   assert "\n" not in str(error.value) and "install" in str(error.value)

@@ -16,7 +16,6 @@ this module leaves pyplot and its backend alone.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -30,15 +29,6 @@ from invmeasure.analysis.invariant import Equation10, WindowComparison
 BIRKHOFF_FIELDS = ("full_loss", "grad_norm", "noise_norm", "sharpness")
 _DPI = 110
 _MAX_MARKED_POINTS = 60  # beyond this many points, lines without markers
-
-
-def _save(fig: Figure, path: str) -> str:
-  """Writes `fig` to `path`, creating its directory."""
-  directory = os.path.dirname(path)
-  if directory:
-    storage.makedirs(directory)
-  storage.save_figure(fig, path, dpi=_DPI)
-  return path
 
 
 def _mark_empty(ax: Axes, what: str) -> None:
@@ -103,7 +93,7 @@ def plot_birkhoff_averages(rows: Sequence[Mapping[str, Any]], path: str, *,
     ax.legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  return _save(fig, path)
+  return storage.save_figure(fig, path, dpi=_DPI)
 
 
 def plot_window_distances(comparison: WindowComparison, path: str, *,
@@ -139,7 +129,7 @@ def plot_window_distances(comparison: WindowComparison, path: str, *,
   right.grid(alpha=0.25)
   fig.suptitle(title)
   fig.tight_layout()
-  return _save(fig, path)
+  return storage.save_figure(fig, path, dpi=_DPI)
 
 
 def _running_ratio(rhs: np.ndarray, lhs: np.ndarray) -> np.ndarray:
@@ -208,7 +198,7 @@ def plot_equation10(balance: Equation10, path: str, *,
     _mark_empty(ax_ratio, "either form")
   fig.suptitle(title)
   fig.tight_layout()
-  return _save(fig, path)
+  return storage.save_figure(fig, path, dpi=_DPI)
 
 
 def plot_weight_ball(steps: Any, weight_norms: Any, radius: float, path: str, *,
@@ -238,4 +228,4 @@ def plot_weight_ball(steps: Any, weight_norms: Any, radius: float, path: str, *,
   ax.legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  return _save(fig, path)
+  return storage.save_figure(fig, path, dpi=_DPI)

@@ -15,6 +15,7 @@ blocks joined in order.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 
@@ -28,6 +29,7 @@ HELDOUT_EVERY = 20  # block i is held out when i % 20 == 19: 5% of the corpus
 SPLITS = ("train", "heldout")
 
 
+@functools.cache  # read once per process: a config, its task and its check all need it
 def corpus_bytes() -> bytes:
   """The topics of this interpreter's `pydoc_data`, joined in sorted key order, as UTF-8."""
   try:

@@ -12,7 +12,6 @@ alone.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -30,14 +29,6 @@ _TITLES = {
     "noise_sq": (r"noise $E\|g_B - \nabla f\|^2$", "squared norm"),
     "sharpness": (r"sharpness $\lambda_{\max}(\nabla^2 f)$", "eigenvalue"),
 }
-
-
-def _save(fig: Figure, path: str) -> str:
-  directory = os.path.dirname(path)
-  if directory:
-    storage.makedirs(directory)
-  storage.save_figure(fig, path, dpi=_DPI)
-  return path
 
 
 def _band(ax: Axes, sizes: np.ndarray, mean: np.ndarray, low: np.ndarray, high: np.ndarray,
@@ -95,7 +86,7 @@ def estimator_figure(study: EstimatorStudy, path: str) -> str:
                f"({study.num_repeats} repeats; sufficient: {study.coverage:.0%} of repeats "
                f"within {study.tolerance:.0%})", fontsize=11)
   fig.tight_layout()
-  return _save(fig, path)
+  return storage.save_figure(fig, path, dpi=_DPI)
 
 
 def step_size_figure(study: StepSizeStudy, path: str) -> str:
@@ -122,4 +113,4 @@ def step_size_figure(study: StepSizeStudy, path: str) -> str:
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  return _save(fig, path)
+  return storage.save_figure(fig, path, dpi=_DPI)

@@ -117,16 +117,21 @@ def write_text(file: str | os.PathLike, text: str) -> None:
     os.replace(tmp, os.fspath(file))
 
 
-def save_figure(fig: Any, file: str | os.PathLike, **savefig_kwargs) -> None:
-  """`fig.savefig(file)`, for a local file or an object (written whole)."""
+def save_figure(fig: Any, file: str | os.PathLike, **savefig_kwargs) -> str:
+  """`fig.savefig(file)`, for a local file or an object (written whole), its directory
+  created if missing; returns `file` as a string."""
+  directory = os.path.dirname(os.fspath(file))
+  if directory:
+    makedirs(directory)
   with naming(file):
     if not is_remote(file):
       fig.savefig(os.fspath(file), **savefig_kwargs)
-      return
+      return os.fspath(file)
     buffer = io.BytesIO()
     fig.savefig(buffer, format=os.path.splitext(os.fspath(file))[1][1:] or "png",
                 **savefig_kwargs)
     path(file).write_bytes(buffer.getvalue())
+  return os.fspath(file)
 
 
 def checkpoint_directory(workdir: str | os.PathLike) -> epath.Path:
