@@ -49,7 +49,7 @@ try:
     import backpack
     import cockpit
     from cockpit.utils.configuration import configuration
-except ImportError:  # the bench extra is not installed: invmeasure's columns only
+except ImportError:  # the cockpit extra is not installed: invmeasure's columns only
   torch = backpack = cockpit = configuration = None
 
 LR = 0.1
@@ -354,7 +354,8 @@ def main() -> None:
   repeats = args.repeats or (3 if args.quick else 30)
   versions = ("cockpit-for-pytorch " + importlib.metadata.version("cockpit-for-pytorch")
               + ", backpack-for-pytorch " + importlib.metadata.version("backpack-for-pytorch")
-              if cockpit is not None else "no Cockpit (pip install -e '.[bench]')")
+              if cockpit is not None
+              else "no Cockpit (pip install -e '.[cockpit]', in a venv of its own)")
   print(common.machine_line(versions))
   model, widths, params, batches, loss_fn = make_problem(args.quick)
   size = batches[0]["label"].shape[0]

@@ -39,7 +39,7 @@ SCRIPTS = {
     "benchmarks.loop_driving": "| model | function | n | first call s | ms per unit |",
     "benchmarks.loop_choices": "| choice | variant | ms | compile s | notes |",
     "benchmarks.per_step": "| model | tracked at every step | ms per step | vs bare step |",
-    # With the bench extra installed its first table checks the agreement with Cockpit
+    # With the cockpit extra installed its first table checks the agreement with Cockpit
     # (the script fails if any quantity defined alike differs by more than 1e-4).
     "benchmarks.cockpit_peer": "overhead every step: economy ",
     "benchmarks.accelerator": "| program | global batch | throughput | FLOP rate |",
