@@ -1,7 +1,7 @@
 r"""Runs the CPU-scale experiments and checks every claim of the paper against them.
 
     python -m experiments.claims --workdir=runs/claims --jobs=2  # < 40 min on 2 cores
-    python -m experiments.claims --workdir=runs/claims_345 --seeds=3,4,5 --jobs=2
+    python -m experiments.claims --workdir=runs/claims_678 --seeds=6,7,8 --jobs=2
     python -m experiments.claims --workdir=/tmp/claims --quick   # a smoke version
 
 Writes DIR/claims.md (each claim, its numbers, the rule and the verdict), DIR/claims.json,
