@@ -237,6 +237,7 @@ def invmeasure_stepper(loss_fn, params, batches, per_step: str):
 
   names = tuple(n for n in per_step.split(",") if n)
   tx = optax.sgd(LR)
+  params = jax.tree.map(jnp.copy, params)  # the step donates its state: a copy of its own
   state = state_lib.RunState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
                              opt_state=tx.init(params),
                              init_params=jax.tree.map(jnp.copy, params),

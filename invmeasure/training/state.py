@@ -46,23 +46,25 @@ def per_step_fields(per_step: tuple[str, ...], params: Any = None) -> list[str]:
 def alpha_carry(params) -> dict:
   """What alpha carries from a step to the next: the step's update (the direction), the
   observation at its start, and whether there is one (not before the first step)."""
-  zero = jnp.zeros((), jnp.float32)
+  zero = lambda: jnp.zeros((), jnp.float32)  # noqa: E731  (a buffer per leaf: see zero_sums)
   return {"direction": jax.tree.map(jnp.zeros_like, params),
-          "start": dict(dg.StepLengthPoint(zero, zero, zero, zero)._asdict()),
-          "valid": zero}
+          "start": dict(dg.StepLengthPoint(zero(), zero(), zero(), zero())._asdict()),
+          "valid": zero()}
 
 
 def zero_sums(per_step: tuple[str, ...] = (), params: Any = None) -> dict:
   """Loss sums since the last training row and in this epoch, the last update's norm,
   and a sum since the last row for each per-step field (`log_step_<field>`); with
   `alpha`, what it carries from step to step and its count of steps that have it."""
-  zero = jnp.zeros((), jnp.float32)
-  sums = {"log_loss": zero, "log_count": zero, "epoch_loss": zero, "epoch_count": zero,
-          "update_norm": zero}
-  sums.update({f"log_{field}": zero for field in per_step_fields(per_step, params)})
+  names = ["log_loss", "log_count", "epoch_loss", "epoch_count", "update_norm"]
+  names += [f"log_{field}" for field in per_step_fields(per_step, params)]
   if "alpha" in per_step:
-    sums.update({"log_alpha_sum": zero, "log_alpha_count": zero,
-                 "alpha": alpha_carry(params)})
+    names += ["log_alpha_sum", "log_alpha_count"]
+  # One array per leaf: built eagerly, shared leaves would be one buffer, which a step
+  # that donates its state cannot take twice.
+  sums: dict = {name: jnp.zeros((), jnp.float32) for name in names}
+  if "alpha" in per_step:
+    sums["alpha"] = alpha_carry(params)
   return sums
 
 
