@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from invmeasure.training import metric_writer
+from invmeasure.training import loop, metric_writer
 
 # The runs inherit XLA_FLAGS from tests/conftest.py: 8 simulated devices unless set.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +33,25 @@ def run(workdir, *overrides, env=None, check=True, **kwargs):
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
   return result
+
+
+def plan_and_state(config):
+  """The run's plan and its state at step 0, built in this process."""
+  plan = loop.make_plan(config)
+  return plan, loop.init_state_fn(plan)(loop.init_key(config))
+
+
+def replayed_step_metrics(config, num_steps: int) -> list[dict[str, float]]:
+  """The jitted train step's metrics for steps 0 .. num_steps - 1 from a fresh state,
+  replayed here to check what a run's rows averaged."""
+  plan, state = plan_and_state(config)
+  train_step = loop.jit_train_step(plan)
+  metrics_by_step = []
+  for step in range(num_steps):
+    state, metrics = train_step(state, jax.device_put(plan.task.train_batch(step),
+                                                      plan.batch_sharding))
+    metrics_by_step.append({k: float(v) for k, v in metrics.items()})
+  return metrics_by_step
 
 
 def rows(workdir):

@@ -26,14 +26,9 @@ def _config(per_step=EVERY):
   return config
 
 
-def _plan_and_state(config):
-  plan = loop.make_plan(config)
-  return plan, loop.init_state_fn(plan)(loop.init_key(config))
-
-
 def test_step_fields_equal_the_library_outside_the_step():
   config = _config()
-  plan, state = _plan_and_state(config)
+  plan, state = driver.plan_and_state(config)
   task = plan.task
   train_step = jax.jit(task.train_step)
 
@@ -86,13 +81,7 @@ def test_rows_average_every_field_and_alpha_over_the_steps_that_have_it(tmp_path
   reference = str(tmp_path / "reference")
   loop.train_and_evaluate(config, reference)
   rows = [r for r in driver.rows(reference) if "train_loss" in r]
-  plan, state = _plan_and_state(config)
-  train_step = loop.jit_train_step(plan)
-  per_step = []
-  for step in range(6):
-    state, metrics = train_step(state, jax.device_put(plan.task.train_batch(step),
-                                                      plan.batch_sharding))
-    per_step.append({k: float(v) for k, v in metrics.items()})
+  per_step = driver.replayed_step_metrics(config, 6)
   assert [r["step"] for r in rows] == [3, 6]
   assert "step_layer_norms/distance/Conv_0/kernel" in rows[0]
   for row, chunk in zip(rows, (per_step[:3], per_step[3:])):
@@ -140,7 +129,7 @@ def test_a_resnet_run_measures_them():
   config = _config("norm_test,noise_scale,alpha,layer_norms")
   config.model = ml_collections.ConfigDict({"name": "resnet", "depth": 18, "stem": "cifar",
                                             "width": 2})
-  plan, state = _plan_and_state(config)
+  plan, state = driver.plan_and_state(config)
   step = jax.jit(plan.task.train_step)
   for s in range(2):
     state, metrics = step(state, jax.device_put(plan.task.train_batch(s), plan.batch_sharding))
@@ -170,7 +159,7 @@ def test_cabs_and_early_stopping_run_under_plain_sgd():
   config.optimizer.momentum = 0.0
   config.optimizer.weight_decay = 0.0
   config_checks.check_config(config, 1)
-  plan, state = _plan_and_state(config)
+  plan, state = driver.plan_and_state(config)
   _, metrics = jax.jit(plan.task.train_step)(
       state, jax.device_put(plan.task.train_batch(0), plan.batch_sharding))
   assert metrics["step_cabs"] > 0 and np.isfinite(metrics["step_early_stopping"])

@@ -15,15 +15,10 @@ from tests import driver
 ALL = "grad_norm,update_norm,update_sharpness"
 
 
-def _plan_and_state(config):
-  plan = loop.make_plan(config)
-  return plan, loop.init_state_fn(plan)(loop.init_key(config))
-
-
 def test_step_metrics_equal_the_quantities_computed_outside_the_step():
   config = quickstart.get_config("tiny")  # augmented, so the step's own draw matters
   config.diagnostics.per_step = ALL
-  plan, state = _plan_and_state(config)
+  plan, state = driver.plan_and_state(config)
   task = plan.task
   train_step = jax.jit(task.train_step)  # the loop's step without donation: `before` stays
   for step in range(3):
@@ -55,13 +50,7 @@ def test_rows_average_the_step_metrics_over_the_log_interval(tmp_path):
   loop.train_and_evaluate(config, str(tmp_path / "run"))
   rows = [r for r in driver.rows(str(tmp_path / "run")) if "train_loss" in r]
   # Replay the six steps and average each quantity over steps 1-3 and 4-6.
-  plan, state = _plan_and_state(config)
-  train_step = loop.jit_train_step(plan)
-  per_step = []
-  for step in range(6):
-    state, metrics = train_step(state, jax.device_put(plan.task.train_batch(step),
-                                                      plan.batch_sharding))
-    per_step.append({k: float(v) for k, v in metrics.items()})
+  per_step = driver.replayed_step_metrics(config, 6)
   assert [r["step"] for r in rows] == [3, 6]
   for row, chunk in zip(rows, (per_step[:3], per_step[3:])):
     for key in (k for k in chunk[0] if k.startswith("step_")):
@@ -88,7 +77,7 @@ def test_the_empty_default_adds_no_field_and_measuring_changes_no_trajectory(tmp
 def test_the_language_model_step_measures_them_too():
   config = wt103_transformerxl.get_config("tiny")
   config.diagnostics.per_step = "grad_norm,update_sharpness"
-  plan, state = _plan_and_state(config)
+  plan, state = driver.plan_and_state(config)
   batch = jax.device_put(plan.task.train_batch(0), plan.batch_sharding)
   _, metrics = loop.jit_train_step(plan)(state, batch)
   assert set(metrics) == {"loss", "step_grad_norm", "step_update_sharpness"}
