@@ -163,3 +163,13 @@ def test_cabs_and_early_stopping_run_under_plain_sgd():
   _, metrics = jax.jit(plan.task.train_step)(
       state, jax.device_put(plan.task.train_batch(0), plan.batch_sharding))
   assert metrics["step_cabs"] > 0 and np.isfinite(metrics["step_early_stopping"])
+
+
+def test_an_eagerly_built_state_has_a_buffer_per_leaf_and_can_be_donated():
+  from invmeasure.training import state as state_lib
+  params = {"w": jnp.ones((3,)), "b": jnp.zeros(())}
+  sums = state_lib.zero_sums(("alpha", "norm_test", "gsnr"), params)
+  leaves = jax.tree.leaves(sums)
+  assert len({leaf.unsafe_buffer_pointer() for leaf in leaves}) == len(leaves)
+  donated = jax.jit(lambda tree: jax.tree.map(lambda x: x + 1, tree), donate_argnums=0)(sums)
+  assert all(float(jnp.sum(leaf)) >= 0 for leaf in jax.tree.leaves(donated))

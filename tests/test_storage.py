@@ -194,3 +194,15 @@ def test_a_gs_data_dir_without_the_cloud_libraries_is_one_line(monkeypatch):
   with pytest.raises(ConfigError, match=r"^config.data_dir=gs://bucket/tensorflow_datasets "
                                         r"needs Cloud Storage support, .* pip install"):
     config_checks.check_config(config, 8)
+
+
+def test_save_figure_creates_the_directory_locally_and_in_a_bucket(fake_gcs, tmp_path):
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(1, 1))
+  fig.subplots().plot([0, 1], [1, 0])
+  local = str(tmp_path / "new" / "deeper" / "a.png")
+  assert storage.save_figure(fig, local) == local
+  assert open(local, "rb").read(4) == b"\x89PNG"
+  remote = "gs://bucket/figures/new/b.png"
+  assert storage.save_figure(fig, remote) == remote
+  assert storage.path(remote).read_bytes()[:4] == b"\x89PNG"
