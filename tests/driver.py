@@ -13,12 +13,8 @@ import orbax.checkpoint as ocp
 
 from invmeasure.training import loop, metric_writer
 
-# The runs inherit XLA_FLAGS from tests/conftest.py: 8 simulated devices unless set.
+# The runs inherit XLA_FLAGS from tests/conftest.py (8 simulated devices, fast codegen).
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# For subprocesses whose numbers no test compares with a default-flags run: LLVM at full
-# optimisation is much of their (compile-bound) time, and these flags leave XLA's HLO,
-# hence its reports, alone.
-FAST_CODEGEN = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 QUICKSTART = "configs/quickstart.py:tiny"
 
 

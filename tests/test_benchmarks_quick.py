@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.driver import FAST_CODEGEN
+from tests.flags import FAST_CODEGEN
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

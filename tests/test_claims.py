@@ -10,7 +10,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from invmeasure.claims import report, rules
-from tests.driver import FAST_CODEGEN, REPO
+from tests.driver import REPO
+from tests.flags import FAST_CODEGEN
 
 H, N, I = rules.HELD, rules.NOT_HELD, rules.INCONCLUSIVE
 INF = float("inf")

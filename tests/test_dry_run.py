@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tests.driver import FAST_CODEGEN, REPO
+from tests.driver import REPO
+from tests.flags import FAST_CODEGEN
 
 
 # LLVM's code generation at full optimisation is a quarter of a full-size dry run's time,

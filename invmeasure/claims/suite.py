@@ -228,12 +228,13 @@ def run_all(suite: Suite, workdir: str, log=print,
   config = synthetic_config_for(suite)
   synthetic_figures.draw_run(synthetic_dir, synthetic_1d.run(config, synthetic_dir), config)
   workdirs: dict[str, dict[int, str]] = {}
-  work = []
-  for name, config in training_configs(suite).items():
-    workdirs[name] = {}
-    for seed in suite.seeds:
-      work.append((name, config, seed))
-      workdirs[name][seed] = replicates.seed_workdir(os.path.join(runs_dir, name), seed)
+  configs = training_configs(suite)
+  for name in configs:
+    workdirs[name] = {seed: replicates.seed_workdir(os.path.join(runs_dir, name), seed)
+                      for seed in suite.seeds}
+  # Seed by seed: runs that differ only in their seed compile the same programs, so the
+  # second reads them from the compilation cache rather than compiling them alongside.
+  work = [(name, config, seed) for seed in suite.seeds for name, config in configs.items()]
   if jobs <= 1:
     for name, config, seed in work:
       log(f"{name}, seed {seed}")
