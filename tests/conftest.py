@@ -44,6 +44,7 @@ _ONE_WORKER = ("test_benchmarks_quick.py", "test_language_model_training.py",
                "test_workdir.py", "test_resnet.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items) -> None:
   """The slowest first; xdist's `loadgroup` (pyproject.toml) hands tests out one at a time
   in this order, and each `xdist_group` to a single worker."""
