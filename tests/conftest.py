@@ -4,7 +4,7 @@
   fast code generation (`tests/flags.py`), unless XLA_FLAGS already says otherwise.
 - A persistent compilation cache shared by the test processes and the runs they start,
   so the many short end-to-end runs compile each program once.
-- The slowest tests start first, so that neither worker of `-n 2` is left running one
+- The slowest files start first, so that neither worker of `-n 2` is left running one
   alone at the end.
 """
 
@@ -34,22 +34,18 @@ def seed() -> int:
   return value
 
 
-# A minute or more each on 2 cores (`--durations`); the rest take seconds.
-_SLOWEST = ("test_claims.py::test_quick_report", "test_dry_run.py", "test_benchmarks_quick.py",
-            "test_imagenet.py::test_tiny", "test_cifar10_smoke.py", "test_regime.py::test_quick")
-# Modules whose tests share a costly module fixture (a training run, a written data set):
-# each runs on one worker, which sets the fixture up once.
-_ONE_WORKER = ("test_benchmarks_quick.py", "test_language_model_training.py",
-               "test_checkpoint_recovery.py", "test_training.py", "test_studies.py",
-               "test_workdir.py", "test_resnet.py")
+# The files that take the longest under `-n 2` (`--durations`), longest first; the rest
+# take well under a minute each.
+_SLOWEST_FILES = ("test_dry_run.py", "test_claims.py", "test_benchmarks_quick.py",
+                  "test_training.py", "test_language_model_training.py",
+                  "test_per_example_step.py", "test_imagenet.py", "test_cifar10_smoke.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items) -> None:
-  """The slowest first; xdist's `loadgroup` (pyproject.toml) hands tests out one at a time
-  in this order, and each `xdist_group` to a single worker."""
-  items.sort(key=lambda item: not any(name in item.nodeid for name in _SLOWEST))
-  for item in items:
-    module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
-    if module in _ONE_WORKER:
-      item.add_marker(pytest.mark.xdist_group(module))
+  """The slowest files first: xdist's `loadfile` (pyproject.toml) hands each file to the
+  next free worker in this order, so neither worker is left running a long one alone at
+  the end, and a file's module fixtures are set up once."""
+  def rank(item) -> int:
+    name = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+    return _SLOWEST_FILES.index(name) if name in _SLOWEST_FILES else len(_SLOWEST_FILES)
+  items.sort(key=rank)
