@@ -161,6 +161,16 @@ def test_decode_matches_pillows_at_every_dct_scale(mode, seed):
     assert np.abs(decoded - expected).max() <= (3 if mode == "CMYK" else 0), reduce
 
 
+def test_a_mirrored_crop_is_the_crop_mirrored(seed):
+  """The flip is folded into the warp: the same pixels as mirroring the crop after it."""
+  data, _ = _coordinate_jpeg()
+  for i in range(20):
+    window = jpeg.random_window(375, 500, np.random.default_rng([seed, i]))
+    plain = jpeg.crop(data, lambda h, w: (window, False), 64)
+    mirrored = jpeg.crop(data, lambda h, w: (window, True), 64)
+    np.testing.assert_array_equal(mirrored, plain[:, ::-1])
+
+
 def test_undecodable_bytes_are_a_one_line_error():
   buffer = io.BytesIO()
   Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(buffer, "JPEG")

@@ -79,19 +79,22 @@ def decode(data: bytes, reduce: int = 1) -> np.ndarray | None:
   return cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS[reduce])
 
 
-def crop(data: bytes | np.ndarray, window_fn, size: int = IMAGE_SIZE) -> np.ndarray:
-  """[size, size, 3] uint8: the window `window_fn(height, width)` of an image, resized.
+def crop(data: bytes | np.ndarray, window_fn, size: int = IMAGE_SIZE,
+         out: np.ndarray | None = None) -> np.ndarray:
+  """[size, size, 3] uint8: the window of an image, resized, mirrored if asked.
 
+  `window_fn(height, width)` gives the window and whether to mirror it left to right.
   `data` is encoded bytes (JPEG, decoded at reduced size where the window allows; PNG)
   or an already decoded [H, W] / [H, W, C] array (TFDS mock data, other image sources).
+  The crop is written into `out` (a batch's row) when given.
   """
   if isinstance(data, np.ndarray):
     pixels = data if data.ndim == 2 or data.shape[-1] != 1 else data[..., 0]
-    window = window_fn(*pixels.shape[:2])
+    window, flip = window_fn(*pixels.shape[:2])
     scale_y = scale_x = 1.0
   else:
     width, height = Image.open(io.BytesIO(data)).size  # the header only
-    window = window_fn(height, width)
+    window, flip = window_fn(height, width)
     factor = min(window.height, window.width) / size
     reduce = next((r for r in (8, 4, 2) if factor >= r), 1)
     pixels = decode(data, reduce)
@@ -99,32 +102,34 @@ def crop(data: bytes | np.ndarray, window_fn, size: int = IMAGE_SIZE) -> np.ndar
       raise ValueError(f"cannot decode this image ({len(data)} bytes, {width}x{height} by "
                        "its header)")
     scale_y, scale_x = pixels.shape[0] / height, pixels.shape[1] / width
-  # Output pixel centers map to the window's, as Pillow's and OpenCV's resize map them.
+  # Output pixel centers map to the window's, as Pillow's and OpenCV's resize map them;
+  # a mirrored crop maps column x to size - 1 - x, so no second pass flips it.
   sx, sy = size / (window.width * scale_x), size / (window.height * scale_y)
-  matrix = np.array([[sx, 0.0, sx * (0.5 - window.left * scale_x) - 0.5],
-                     [0.0, sy, sy * (0.5 - window.top * scale_y) - 0.5]])
-  out = cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)
-  if out.ndim == 2:  # grayscale JPEGs exist in ImageNet
-    out = np.repeat(out[..., None], 3, axis=-1)
+  tx = sx * (0.5 - window.left * scale_x) - 0.5
+  row_x = [-sx, 0.0, size - 1 - tx] if flip else [sx, 0.0, tx]
+  matrix = np.array([row_x, [0.0, sy, sy * (0.5 - window.top * scale_y) - 0.5]])
+  if out is None:
+    out = np.empty((size, size, 3), np.uint8)
+  if pixels.ndim == 2:  # grayscale arrays: warp the one channel, then repeat it
+    out[...] = cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)[..., None]
+  else:
+    cv2.warpAffine(pixels, matrix, (size, size), dst=out, flags=cv2.INTER_LINEAR,
+                   borderMode=cv2.BORDER_REPLICATE)
   return out
 
 
 def random_crop(data: bytes | np.ndarray, rng: np.random.Generator,
-                size: int = IMAGE_SIZE) -> np.ndarray:
+                size: int = IMAGE_SIZE, out: np.ndarray | None = None) -> np.ndarray:
   """A random-resized crop, flipped with probability 1/2, all drawn from `rng`."""
-  flips = []
-
-  def window_fn(height: int, width: int) -> Window:
+  def window_fn(height: int, width: int) -> tuple[Window, bool]:
     window = random_window(height, width, rng)
-    flips.append(rng.random() < 0.5)  # after the window, as imagenet.random_resized_crop
-    return window
+    return window, rng.random() < 0.5  # after the window, as imagenet.random_resized_crop
 
-  image = crop(data, window_fn, size)
-  return image[:, ::-1] if flips[0] else image
+  return crop(data, window_fn, size, out)
 
 
 def center_crop(data: bytes | np.ndarray, size: int = IMAGE_SIZE,
-                resize: int = RESIZE_SIZE) -> np.ndarray:
+                resize: int = RESIZE_SIZE, out: np.ndarray | None = None) -> np.ndarray:
   """The evaluation crop: short side resized to `resize`, then the `size` center."""
-  return crop(data, lambda h, w: center_window(h, w, size, resize), size)
+  return crop(data, lambda h, w: (center_window(h, w, size, resize), False), size, out)
