@@ -142,6 +142,45 @@ def test_grayscale_jpegs_and_decoded_arrays_give_rgb_crops():
   assert jpeg.center_crop(np.zeros((30, 40, 1), np.uint8), 16).shape == (16, 16, 3)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_decode_matches_pillows_at_every_dct_scale(mode, seed):
+  """OpenCV's decode (RGB, at 1/1 to 1/8 size) against Pillow's `draft` + RGB conversion
+  of the same bytes: the same libjpeg, so equal but for CMYK's colour conversion."""
+  rng = np.random.default_rng(seed)
+  smooth = np.kron(rng.integers(0, 256, (12, 16, 3)), np.ones((32, 32, 1))).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(smooth[:375, :500]).convert(mode).save(buffer, "JPEG", quality=90)
+  data = buffer.getvalue()
+  for reduce in (1, 2, 4, 8):
+    reference = Image.open(io.BytesIO(data))
+    if reduce > 1:
+      reference.draft(reference.mode, (500 // reduce, 375 // reduce))
+    expected = np.asarray(reference.convert("RGB")).astype(float)
+    decoded = jpeg.decode(data, reduce).astype(float)
+    assert decoded.shape == expected.shape, reduce
+    assert np.abs(decoded - expected).max() <= (3 if mode == "CMYK" else 0), reduce
+
+
+def test_a_mirrored_crop_is_the_crop_mirrored(seed):
+  """The flip is folded into the warp: the same pixels as mirroring the crop after it."""
+  data, _ = _coordinate_jpeg()
+  for i in range(20):
+    window = jpeg.random_window(375, 500, np.random.default_rng([seed, i]))
+    plain = jpeg.crop(data, lambda h, w: (window, False), 64)
+    mirrored = jpeg.crop(data, lambda h, w: (window, True), 64)
+    np.testing.assert_array_equal(mirrored, plain[:, ::-1])
+
+
+def test_undecodable_bytes_are_a_one_line_error():
+  buffer = io.BytesIO()
+  Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(buffer, "JPEG")
+  data = buffer.getvalue()
+  truncated = data[:data.index(b"\xff\xda") + 14]  # up to the scan's header: no pixels
+  with pytest.raises(ValueError, match=rf"^cannot decode this image \({len(truncated)} bytes, "
+                     r"50x40 by its header\)"):
+    jpeg.random_crop(truncated, np.random.default_rng(0), 16)
+
+
 def test_a_worker_that_dies_is_a_one_line_error():
   stream = loader.Batches(dying_worker.DiesAtTwo(), 10, num_workers=1)
   try:

@@ -145,12 +145,13 @@ class JpegSource:
     positions = (np.arange(len(flat)) if positions is None
                  else np.asarray(positions).reshape(-1))
     examples = self._source.__getitems__(flat)
-    if augment_seed is None:
-      images = [jpeg.center_crop(ex["image"], self._size) for ex in examples]
-    else:
-      images = [jpeg.random_crop(ex["image"], np.random.default_rng([*augment_seed, int(p)]),
-                                 self._size) for ex, p in zip(examples, positions)]
-    images = np.stack(images)
+    images = np.empty((len(flat), self._size, self._size, 3), np.uint8)
+    for row, example, place in zip(images, examples, positions):  # crops written in place
+      if augment_seed is None:
+        jpeg.center_crop(example["image"], self._size, out=row)
+      else:
+        rng = np.random.default_rng([*augment_seed, int(place)])
+        jpeg.random_crop(example["image"], rng, self._size, out=row)
     labels = np.asarray([ex["label"] for ex in examples], np.int32)
     return {"image": images.reshape(indices.shape + images.shape[1:]),
             "label": labels.reshape(indices.shape)}
