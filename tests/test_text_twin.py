@@ -84,18 +84,20 @@ def test_round_loss_equals_the_train_steps_loss_on_the_same_segment_weights_and_
   loss_fn, batch = task.diagnostic_loss(state, minibatch)
   round_loss = jax.jit(loss_fn)(state.params, batch)
   # The memory the segment's preceding tokens leave, then a train step on the segment.
-  _, memory = task.model.apply({"params": state.params}, batch["prefix"], None, False)
+  # Jitted: op by op, the model compiles each of its operations on its own.
+  _, memory = jax.jit(lambda p, x: task.model.apply({"params": p}, x, None, False))(
+      state.params, batch["prefix"])
   segment = {"inputs": batch["inputs"], "targets": batch["targets"],
              "memory_length": np.full(config.batch_size, task.model.mem_len, np.int32)}
   _, metrics = jax.jit(task.train_step)(state._replace(task_state=memory), segment)
   assert abs(float(round_loss) - float(metrics["loss"])) < 1e-5
   # It is not the empty-memory loss: the memory changes the function measured.
-  empty = task.loss(state.params, {"inputs": batch["inputs"], "targets": batch["targets"]},
-                    None)[0]
+  empty = jax.jit(lambda p, b: task.loss(p, b, None)[0])(
+      state.params, {"inputs": batch["inputs"], "targets": batch["targets"]})
   assert abs(float(empty) - float(round_loss)) > 1e-3
   # The round's gradient treats the memory as training does: a constant.
-  grad = jax.grad(loss_fn)(state.params, batch)
-  step_grad = jax.grad(lambda p: task.loss(p, segment, memory)[0])(state.params)
+  grad = jax.jit(jax.grad(loss_fn))(state.params, batch)
+  step_grad = jax.jit(jax.grad(lambda p, m: task.loss(p, segment, m)[0]))(state.params, memory)
   for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(step_grad)):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
