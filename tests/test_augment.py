@@ -54,7 +54,10 @@ def test_shift_noise_adds_gaussian_noise_of_the_configured_std(seed):
   out = np.asarray(task.preprocess(images, jax.random.key(seed)))
   clean = np.asarray(task.preprocess(images, None))
   noise = (out - clean).ravel()
-  assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1.0) < 0.02
+  # Five standard errors (1/sqrt(n) for the mean, 1/sqrt(2n) for the std): a fresh seed
+  # fails by chance once in a million runs; 0.02 for both failed one run in ~100.
+  n = noise.size
+  assert abs(noise.mean()) < 5 / np.sqrt(n) and abs(noise.std() - 1.0) < 5 / np.sqrt(2 * n)
 
 
 def _round_batch(task, step, k=2, batch_size=16):
