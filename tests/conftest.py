@@ -30,4 +30,3 @@ def seed() -> int:
   value = int(np.random.default_rng().integers(2**31 - 2))
   print(f"seed={value}")
   return value
-
