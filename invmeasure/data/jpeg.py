@@ -1,12 +1,12 @@
 """ImageNet crops decoded from JPEG bytes, decoding only what the crop needs.
 
 The crop is chosen from the image's header (its size, read by Pillow) before any pixel is
-decoded. OpenCV's libjpeg-turbo then decodes, straight to RGB (1.3x Pillow's decode of the
-same ~500x375 JPEGs); where the crop will be shrunk by 2x or more, at 1/2, 1/4 or 1/8 size
-(DCT scaling), which costs a fraction of a full decode, so what is left to resize shrinks by
-less than 2x (or grows). OpenCV's bilinear warp then samples the window's output pixels
-straight from the decoded image, 5-15x faster than Pillow's resize here; without an
-antialiasing filter, which a shrink under 2x hardly needs (tf.image.resize has none either).
+decoded. OpenCV's libjpeg-turbo then decodes, straight to RGB; where the crop will be
+shrunk by 2x or more, at 1/2, 1/4 or 1/8 size (DCT scaling), which costs a fraction of a
+full decode, so what is left to resize shrinks by less than 2x (or grows). OpenCV's
+bilinear warp then samples the window's output pixels straight from the decoded image,
+5-15x faster than Pillow's resize here; without an antialiasing filter, which a shrink
+under 2x hardly needs (tf.image.resize has none either).
 EXIF orientation is ignored, as TFDS and tf.image ignore it.
 
 Windows are drawn as `imagenet.random_resized_crop` draws them (scale 0.08-1 of the area,
