@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402  (after the path set-up for file runs)
-from invmeasure.data import (batching, image_reads, jpeg_records, loader,  # noqa: E402
+from invmeasure.data import (batching, image_reads, jpeg, jpeg_records, loader,  # noqa: E402
                              sources)
 from invmeasure.training import loop  # noqa: E402
 
@@ -208,7 +208,8 @@ def old_path_rate(data_dir: str, case: ImagenetCase, first_step: int) -> float:
 
 
 def new_path_rate(data_dir: str, case: ImagenetCase, first_step: int, workers: int) -> float:
-  """The task's training stream: `workers` processes, batches in step order."""
+  """The task's training stream: `workers` processes (0: the calling thread), batches in
+  step order."""
   source = sources.JpegSource("imagenet2012", "train", data_dir)
   read = image_reads.TrainRead(image_reads.Reader(source), 0, case.batch_size, len(source))
   warmup = 1 + workers * loader.BUFFER
@@ -252,6 +253,16 @@ def _flax_recipe(tf):
   return train
 
 
+def _same_decode_as_tensorflow(tf, jpegs: list[bytes]) -> str:
+  """Checks `jpeg.decode` against `tf.io.decode_jpeg` (its default, the fast integer IDCT)
+  on every file; a line saying how many were bit-identical, or an error."""
+  for i, data in enumerate(jpegs):
+    expected = tf.io.decode_jpeg(data, channels=3).numpy()
+    if not np.array_equal(jpeg.decode(data), expected):
+      raise AssertionError(f"jpeg.decode differs from tf.io.decode_jpeg on file {i}")
+  return f"decode: bit-identical to tf.io.decode_jpeg(channels=3) on all {len(jpegs)} files"
+
+
 def tf_data_rate(jpegs: list[bytes], labels: np.ndarray, case: ImagenetCase,
                  cores: int) -> float:
   import tensorflow as tf
@@ -280,14 +291,16 @@ def measure_imagenet(case: ImagenetCase) -> tuple[list, list, str, str]:
   with tempfile.TemporaryDirectory() as data_dir:
     written = jpeg_records.write(data_dir, case.num_examples, seed=0, grayscale_every=50)
     use_tf = case.tf and _tensorflow_available()
+    decode_line = "decode: not compared with tf.io.decode_jpeg (TensorFlow not installed)"
     if use_tf:
       import tensorflow as tf
       tf.config.threading.set_inter_op_parallelism_threads(1)
       tf.config.threading.set_intra_op_parallelism_threads(1)
-      raw = sources._tfds_source("imagenet2012", "train", data_dir, {
-          "image": __import__("tensorflow_datasets").decode.SkipDecoding()})
-      examples = raw.__getitems__(list(range(case.num_examples)))
-      jpegs, labels = [ex["image"] for ex in examples], np.asarray([ex["label"] for ex in examples])
+      raw = sources.JpegSource("imagenet2012", "train", data_dir)._source
+      examples = [sources._image_and_label(r)
+                  for r in raw.__getitems__(list(range(case.num_examples)))]
+      jpegs, labels = [image for image, _ in examples], np.asarray([y for _, y in examples])
+      decode_line = _same_decode_as_tensorflow(tf, jpegs)
     rates: dict[tuple[str, int], list[float]] = {}
     step = 0
     for _ in range(case.repeats):
@@ -295,6 +308,8 @@ def measure_imagenet(case: ImagenetCase) -> tuple[list, list, str, str]:
         with pinned(cores):
           fns = {"old": lambda: old_path_rate(data_dir, case, step),
                  "new": lambda: new_path_rate(data_dir, case, step, workers=cores)}
+          if cores == 1:  # the same reads in this process: what the workers cost
+            fns["new, no workers"] = lambda: new_path_rate(data_dir, case, step, workers=0)
           if use_tf:
             fns["tf.data"] = lambda: tf_data_rate(jpegs, labels, case, cores)
           for path, fn in fns.items():
@@ -303,11 +318,15 @@ def measure_imagenet(case: ImagenetCase) -> tuple[list, list, str, str]:
   rate = {key: statistics.median(values) for key, values in rates.items()}
   get = lambda path, cores: rate.get((path, cores), float("nan"))  # noqa: E731
   notes = {"old": "TFDS full decode in the calling thread, crops in an 8-thread pool",
-           "new": "config.data_workers = cores; crop from the header, DCT-scaled decode",
+           "new": "config.data_workers = cores; crop from the header, fast-IDCT decode, "
+                  "crops written into shared memory",
+           "new, no workers": "the same reads in the calling thread (config.data_workers=0)",
            "tf.data": "flax recipe, decode_and_crop_jpeg, bicubic; bytes from memory"}
   rows = []
-  for path in ("old", "new", "tf.data"):
+  for path in ("old", "new", "new, no workers", "tf.data"):
     for cores in cores_list:
+      if (path, cores) not in rate and path == "new, no workers":
+        continue
       value = get(path, cores)
       rows.append((path, cores, _count(value), _count(value / cores),
                    common.ratio(value, get("old", cores)),
@@ -321,7 +340,7 @@ def measure_imagenet(case: ImagenetCase) -> tuple[list, list, str, str]:
   data_line = (f"data: {written.num_examples} synthetic JPEGs, mean {written.mean_kb:.0f} KB "
                f"({written.min_kb:.0f}-{written.max_kb:.0f}), mean "
                f"{written.mean_pixels / 1e3:.0f}k pixels; batch {case.batch_size}, "
-               f"{case.batches} timed batches, median of {case.repeats}")
+               f"{case.batches} timed batches, median of {case.repeats}\n{decode_line}")
   last = (f"imagenet: new/old {common.ratio(get('new', 2), get('old', 2))}, "
           f"2 workers/1 worker {common.ratio(get('new', 2), get('new', 1))}, "
           f"new/tf.data {common.ratio(get('new', 2), get('tf.data', 2))} per core")

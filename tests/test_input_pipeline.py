@@ -144,8 +144,9 @@ def test_grayscale_jpegs_and_decoded_arrays_give_rgb_crops():
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
 def test_decode_matches_pillows_at_every_dct_scale(mode, seed):
-  """OpenCV's decode (RGB, at 1/1 to 1/8 size) against Pillow's `draft` + RGB conversion
-  of the same bytes: the same libjpeg, so equal but for CMYK's colour conversion."""
+  """The decode (RGB, at 1/1 to 1/8 size) against Pillow's `draft` + RGB conversion of the
+  same bytes: the same sizes, and the same pixels up to the fast integer IDCT's rounding
+  (Pillow's is the accurate one; measured on 30 seeds: at most 3 levels, 1 on average)."""
   rng = np.random.default_rng(seed)
   smooth = np.kron(rng.integers(0, 256, (12, 16, 3)), np.ones((32, 32, 1))).astype(np.uint8)
   buffer = io.BytesIO()
@@ -158,7 +159,17 @@ def test_decode_matches_pillows_at_every_dct_scale(mode, seed):
     expected = np.asarray(reference.convert("RGB")).astype(float)
     decoded = jpeg.decode(data, reduce).astype(float)
     assert decoded.shape == expected.shape, reduce
-    assert np.abs(decoded - expected).max() <= (3 if mode == "CMYK" else 0), reduce
+    difference = np.abs(decoded - expected)
+    assert difference.max() <= 4 and difference.mean() < 1.5, (reduce, difference.max())
+
+
+def test_what_libjpeg_turbo_refuses_is_decoded_by_opencv():
+  """A PNG (ImageNet has one) has no JPEG header: read by the fallback, pixel for pixel."""
+  pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, "PNG")
+  assert jpeg.dimensions(buffer.getvalue()) == (30, 40)
+  np.testing.assert_array_equal(jpeg.decode(buffer.getvalue()), pixels)
 
 
 def test_a_mirrored_crop_is_the_crop_mirrored(seed):
@@ -196,3 +207,15 @@ def test_data_workers_default_to_the_cores_this_process_may_use():
   assert image_task._data_workers(config) == len(os.sched_getaffinity(0))
   with pytest.raises(ConfigError, match="config.data_workers"):
     image_task._data_workers(ml_collections.ConfigDict({"data_workers": -2}))
+
+
+def test_a_workers_batch_lives_in_shared_memory_and_an_abandoned_one_is_freed(monkeypatch):
+  """In a worker `batch_array` is grain's shared memory (passed on by name, not copied);
+  `release` unlinks it when a read fails halfway; in the calling thread a plain array."""
+  assert type(loader.batch_array((2, 3), np.uint8)) is np.ndarray
+  monkeypatch.setattr(loader, "_IN_WORKER", True)
+  array = loader.batch_array((2, 3), np.uint8)
+  name = array.shm.name
+  assert os.path.exists(f"/dev/shm/{name.lstrip('/')}")
+  loader.release(array)
+  assert not os.path.exists(f"/dev/shm/{name.lstrip('/')}")

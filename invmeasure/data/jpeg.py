@@ -1,12 +1,14 @@
 """ImageNet crops decoded from JPEG bytes, decoding only what the crop needs.
 
-The crop is chosen from the image's header (its size, read by Pillow) before any pixel is
-decoded. OpenCV's libjpeg-turbo then decodes, straight to RGB; where the crop will be
-shrunk by 2x or more, at 1/2, 1/4 or 1/8 size (DCT scaling), which costs a fraction of a
-full decode, so what is left to resize shrinks by less than 2x (or grows). OpenCV's
-bilinear warp then samples the window's output pixels straight from the decoded image,
-5-15x faster than Pillow's resize here; without an antialiasing filter, which a shrink
-under 2x hardly needs (tf.image.resize has none either).
+The crop is chosen from the image's header (its size) before any pixel is decoded.
+libjpeg-turbo (through simplejpeg) then decodes straight to RGB with its fast integer
+IDCT, which is what `tf.io.decode_jpeg` does by default (the same pixels, bit for bit);
+where the crop will be shrunk by 2x or more, at 1/2, 1/4 or 1/8 size (DCT scaling), which
+costs a fraction of a full decode, so what is left to resize shrinks by less than 2x (or
+grows). What libjpeg-turbo refuses (ImageNet's one PNG, a JPEG with a recoverable error)
+goes to OpenCV's decoder instead. OpenCV's bilinear warp then samples the window's output
+pixels straight from the decoded image, 5-15x faster than Pillow's resize here; without an
+antialiasing filter, which a shrink under 2x hardly needs (tf.image.resize has none either).
 EXIF orientation is ignored, as TFDS and tf.image ignore it.
 
 Windows are drawn as `imagenet.random_resized_crop` draws them (scale 0.08-1 of the area,
@@ -22,6 +24,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 cv2.setNumThreads(1)  # one image per call; parallelism comes from worker processes
@@ -72,11 +75,26 @@ def center_window(height: int, width: int, size: int = IMAGE_SIZE,
   return Window(top / sy, left / sx, size / sy, size / sx)
 
 
+def dimensions(data: bytes) -> tuple[int, int]:
+  """(height, width) of encoded bytes from their header alone."""
+  try:
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+  except ValueError:  # not a JPEG (ImageNet has a PNG), or a header libjpeg-turbo refuses
+    width, height = Image.open(io.BytesIO(data)).size
+  return height, width
+
+
 def decode(data: bytes, reduce: int = 1) -> np.ndarray | None:
   """[H, W, 3] uint8 RGB of encoded bytes, whatever the file holds (ImageNet has CMYK and
   grayscale JPEGs, and a PNG); a JPEG at 1/`reduce` size (1, 2, 4 or 8); None when the
   bytes cannot be decoded."""
-  return cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS[reduce])
+  try:
+    height, width = dimensions(data)
+    # The smallest of libjpeg-turbo's scales M/8 at least these sizes: exactly 1/reduce.
+    return simplejpeg.decode_jpeg(data, "RGB", fastdct=True, min_height=-(-height // reduce),
+                                  min_width=-(-width // reduce))
+  except ValueError:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS[reduce])
 
 
 def crop(data: bytes | np.ndarray, window_fn, size: int = IMAGE_SIZE,
@@ -93,7 +111,7 @@ def crop(data: bytes | np.ndarray, window_fn, size: int = IMAGE_SIZE,
     window, flip = window_fn(*pixels.shape[:2])
     scale_y = scale_x = 1.0
   else:
-    width, height = Image.open(io.BytesIO(data)).size  # the header only
+    height, width = dimensions(data)
     window, flip = window_fn(height, width)
     factor = min(window.height, window.width) / size
     reduce = next((r for r in (8, 4, 2) if factor >= r), 1)

@@ -7,6 +7,8 @@ this process but what `read` pickles) and returns them in order, so what a batch
 not depend on the number of workers, on timing, or on where a stream started: a resumed
 run starts a stream at its restored step and reads what an uninterrupted one read, with no
 iterator state to checkpoint. `num_workers=0` makes each batch in the calling thread.
+A worker makes its batch's large arrays in shared memory (`batch_array`), which grain hands
+to this process by name: no copy on either side.
 
 A worker that raises passes its exception on; one that dies (killed, out of memory) stops
 the read with one line (`DataWorkerError`) instead of waiting for it forever.
@@ -14,8 +16,11 @@ the read with one line (`DataWorkerError`) instead of waiting for it forever.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable
+
+import numpy as np
 
 from invmeasure.errors import TrainingError
 
@@ -26,6 +31,37 @@ BUFFER = 2
 
 class DataWorkerError(TrainingError):
   """A data worker process died."""
+
+
+# True in a data worker process (set by `_InWorker` before its first batch).
+_IN_WORKER = False
+
+
+def batch_array(shape: tuple[int, ...], dtype) -> np.ndarray:
+  """An empty array for a batch being made: in shared memory in a worker process, so it
+  reaches the trainer without a copy; a plain array in the calling thread."""
+  if not _IN_WORKER:
+    return np.empty(shape, dtype)
+  from grain.multiprocessing import SharedMemoryArray
+  return SharedMemoryArray(shape, dtype)
+
+
+def release(array: np.ndarray) -> None:
+  """Frees `batch_array`'s shared memory when the batch is abandoned (an error while
+  making it); nothing for a plain array."""
+  if getattr(array, "shm", None) is not None:
+    array.shm.unlink()  # the name goes now; the memory when the array is collected
+
+
+@dataclasses.dataclass(frozen=True)
+class _InWorker:
+  """`read` as a worker process runs it: its batches in shared memory."""
+  read: Callable[[int], dict]
+
+  def __call__(self, index: int) -> dict:
+    global _IN_WORKER
+    _IN_WORKER = True
+    return self.read(index)
 
 
 def available_cores() -> int:
@@ -40,7 +76,7 @@ def _stream(read: Callable[[int], dict], first: int, stop: int, num_workers: int
   if not flags.FLAGS.is_parsed():  # grain reads its own absl flags; outside an absl app
     flags.FLAGS.mark_as_parsed()
   # One batch at a time in each worker (grain's default: 16 threads, 500 elements ahead).
-  dataset = grain.MapDataset.range(first, stop).map(read).to_iter_dataset(
+  dataset = grain.MapDataset.range(first, stop).map(_InWorker(read)).to_iter_dataset(
       grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   return iter(dataset.mp_prefetch(grain.MultiprocessingOptions(
       num_workers=num_workers, per_worker_buffer_size=buffer)))
@@ -100,5 +136,4 @@ def read_all(read: Callable[[int], dict], count: int, num_workers: int) -> list[
 def _plain(batch: dict) -> dict:
   """Plain numpy views of grain's shared-memory arrays (no copy; the memory lives while
   they do)."""
-  import numpy as np
   return {k: np.asarray(v) for k, v in batch.items()}

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from invmeasure.data import imagenet, jpeg
+from invmeasure.data import imagenet, jpeg, loader
 from invmeasure.errors import ConfigError
 
 
@@ -66,12 +66,13 @@ class FirstExamples:
     return self.source.read(indices, augment_seed, positions)
 
 
-def _tfds_source(name: str, split: str, data_dir: str | None, decoders: dict | None = None):
-  """`tfds.data_source` of a prepared split, or a ConfigError saying how to prepare it."""
+def _tfds_source(name: str, split: str, data_dir: str | None, **options):
+  """`tfds.data_source` of a prepared split (with `options`, e.g. `deserialize_method`), or a
+  ConfigError saying how to prepare it."""
   import tensorflow_datasets as tfds
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                            decoders=decoders)
+                            **options)
   except Exception as error:  # TFDS raises several types for a missing data set
     where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
     raise ConfigError(
@@ -118,13 +119,16 @@ class JpegSource:
   """An image split read as raw JPEG bytes (TFDS's own decode skipped) and cropped by
   `jpeg`, which decodes only what each crop needs: a random-resized crop and flip per
   example when `augment_seed` is given, each from (augment_seed, its position), else the
-  center crop. Pickles as its arguments, so worker processes reopen the files."""
+  center crop. Records are parsed here (a `tf.train.Example` of `image` bytes and `label`),
+  a third of what TFDS's own parser takes. Pickles as its arguments, so worker processes
+  reopen the files."""
 
   def __init__(self, name: str, split: str, data_dir: str | None, size: int = jpeg.IMAGE_SIZE):
     import tensorflow_datasets as tfds
     self._args = (name, split, data_dir, size)
     self._size = size
-    self._source = _tfds_source(name, split, data_dir, {"image": tfds.decode.SkipDecoding()})
+    self._source = _tfds_source(name, split, data_dir,
+                                deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
 
   def __getstate__(self):
     return self._args
@@ -144,17 +148,31 @@ class JpegSource:
     flat = [int(i) for i in indices.reshape(-1)]
     positions = (np.arange(len(flat)) if positions is None
                  else np.asarray(positions).reshape(-1))
-    examples = self._source.__getitems__(flat)
-    images = np.empty((len(flat), self._size, self._size, 3), np.uint8)
-    for row, example, place in zip(images, examples, positions):  # crops written in place
-      if augment_seed is None:
-        jpeg.center_crop(example["image"], self._size, out=row)
-      else:
-        rng = np.random.default_rng([*augment_seed, int(place)])
-        jpeg.random_crop(example["image"], rng, self._size, out=row)
-    labels = np.asarray([ex["label"] for ex in examples], np.int32)
+    examples = [_image_and_label(r) for r in self._source.__getitems__(flat)]
+    images = loader.batch_array((len(flat), self._size, self._size, 3), np.uint8)
+    try:
+      for row, (image, _), place in zip(images, examples, positions):  # crops in place
+        if augment_seed is None:
+          jpeg.center_crop(image, self._size, out=row)
+        else:
+          rng = np.random.default_rng([*augment_seed, int(place)])
+          jpeg.random_crop(image, rng, self._size, out=row)
+    except BaseException:
+      loader.release(images)
+      raise
+    labels = np.asarray([label for _, label in examples], np.int32)
     return {"image": images.reshape(indices.shape + images.shape[1:]),
             "label": labels.reshape(indices.shape)}
+
+
+def _image_and_label(record: bytes | dict) -> tuple[bytes | np.ndarray, int]:
+  """(image, label) of a serialized `tf.train.Example` (or of an already parsed example,
+  as `tfds.testing.mock_data` returns them)."""
+  if isinstance(record, dict):
+    return record["image"], int(record["label"])
+  from tensorflow_datasets.proto import tf_example_pb2
+  features = tf_example_pb2.Example.FromString(record).features.feature
+  return features["image"].bytes_list.value[0], features["label"].int64_list.value[0]
 
 
 def digits(split: str) -> ArraySource:
