@@ -104,7 +104,10 @@ def test_every_instrument_matches_a_plain_loop_in_float64(problem, chunk_size, u
     np.testing.assert_allclose(stats.sq_norms, (grads ** 2).sum(1), rtol=1e-10)
     np.testing.assert_allclose(stats.mean_dots, grads @ grads.mean(0), rtol=1e-10)
     np.testing.assert_allclose(stats.direction_dots[0], grads @ direction, rtol=1e-10)
-    np.testing.assert_allclose(ref.flat(stats.sum_sq), (grads ** 2).sum(0), rtol=1e-10)
+    np.testing.assert_allclose(ref.flat(stats.mean_gradient), grads.mean(0), rtol=1e-10)
+    deviations = ((grads - grads.mean(0)) ** 2).sum(0)
+    np.testing.assert_allclose(ref.flat(stats.sum_sq_dev), deviations,
+                               rtol=1e-8, atol=1e-12 * deviations.max())
     for name, value in want.items():
       np.testing.assert_allclose(got[name], value, rtol=1e-8, err_msg=name)
 
@@ -116,9 +119,42 @@ def test_the_mean_gradient_given_is_used_and_directions_are_optional(seed):
     given = dg.per_example_stats(loss_fn, params, batch, mean_gradient=g, sum_squares=False)
     own = dg.per_example_stats(loss_fn, params, batch)
     np.testing.assert_allclose(given.mean_dots, own.mean_dots, rtol=1e-12)
-    assert given.sum_sq is None and given.direction_dots.shape == (0, 6)
+    assert given.sum_sq_dev is None and given.direction_dots.shape == (0, 6)
     with pytest.raises(ValueError, match="sum_squares=True"):
       dg.mean_gsnr(given)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_gsnr_keeps_its_digits_in_float32_when_gradients_vary_little(chunk_size, seed):
+  """g_i = m + unit noise with |m| 1,000-2,000: sum_i g_i^2 / B - g^2 cancels away float32's
+  digits of the variance (relative error ~1e-7 m^2 ~ 0.1-0.4); summed about g, the squares
+  keep GSNR within 1e-4 of float64's on the same float32 gradients."""
+  rng = np.random.default_rng(seed)
+  mean = rng.choice([-1.0, 1.0], 50) * rng.uniform(1000.0, 2000.0, 50)
+  targets = (mean + rng.normal(size=(8, 50))).astype(np.float32)
+  loss_fn = lambda p, b: jnp.mean(b["t"] @ p["w"])  # noqa: E731  g_i = t_i exactly
+  stats = dg.per_example_stats(loss_fn, {"w": jnp.zeros(50, jnp.float32)},
+                               {"t": jnp.asarray(targets)}, chunk_size=chunk_size)
+  t = targets.astype(np.float64)
+  expected = np.mean(t.mean(0) ** 2 / (t.var(0) + 1e-5))
+  assert float(dg.mean_gsnr(stats)) == pytest.approx(expected, rel=1e-4)
+  naive_variance = (targets ** 2).sum(0, dtype=np.float32) / 8 - targets.mean(0) ** 2
+  assert np.max(np.abs(naive_variance / t.var(0) - 1)) > 0.05, "not ill-conditioned enough"
+
+
+def test_a_batch_sharded_over_a_mesh_gives_the_per_example_gradients_of_one_device(seed):
+  """XLA partitions vmapped per-example convolution gradients over a sharded batch wrongly
+  (all but the first device's examples); under a mesh the pass takes the whole batch."""
+  devices = jax.devices()
+  assert len(devices) >= 2, "tests/conftest.py simulates 8 devices"
+  loss_fn, params, batch = ref.conv_problem(seed, batch=2 * len(devices))
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+  sharded = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  one_device = jax.jit(lambda b: dg.per_example_stats(loss_fn, params, b))(batch)
+  with jax.set_mesh(mesh):
+    on_mesh = jax.jit(lambda b: dg.per_example_stats(loss_fn, params, b))(sharded)
+  for got, want in zip(jax.tree.leaves(on_mesh), jax.tree.leaves(one_device)):
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
 
 
 def test_layer_norms_name_every_leaf_by_its_path():

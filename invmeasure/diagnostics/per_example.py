@@ -7,9 +7,12 @@ in one pass, the few reductions every instrument here needs:
   sq_norms     |g_i|^2                   [B]
   mean_dots    g_i . g                   [B]
   direction_dots  g_i . d_k for given directions d_k   [K, B]
-  sum_sq       sum_i g_i^2, elementwise  (a pytree like params; optional)
+  sum_sq_dev   sum_i (g_i - g)^2, elementwise  (a pytree like params; optional)
 Per-example gradients are made a chunk of `chunk_size` examples at a time, reduced at
-once and dropped, so memory grows with the chunk, not with B.
+once and dropped, so memory grows with the chunk, not with B. The elementwise squares are
+summed about g, not about 0: sum_i g_i^2 / B - g^2 loses every digit of a parameter whose
+gradient varies little across examples compared with its mean (GSNR's large terms) in
+float32. With one chunk, g is the mean of the chunk's gradients (no other backward pass).
 
 From them, with Cockpit's definitions (Schneider, Dangel and Hennig, 2021):
   norm_test   sqrt(tr S / B) / |g|                     Byrd et al. 2012, eq. 3.9
@@ -25,6 +28,14 @@ theta (or nu) for which each would pass: small means the batch is large enough.
 `normalized_step_length` is Cockpit's alpha: a noise-aware quadratic fit along the step
 from the losses and projected gradients at both of its ends (it spans two steps: carry
 `StepLengthPoint` from one to the next).
+
+Over a batch sharded across devices, XLA (jaxlib 0.10.2) partitions the vmapped
+per-example gradient of a convolution's kernel wrongly: every device but the first
+returns wrong values, without an error. Traced under a mesh (`jax.set_mesh`, or
+`jax.sharding.use_abstract_mesh` as the driver's train step is), the per-example pass
+therefore takes the whole batch on every device (each device then differentiates all B
+examples); a batch sharded without a mesh in context is the caller's to replicate
+(`jax.lax.with_sharding_constraint`).
 
 A loss with BatchNorm in training mode has no per-example gradient (each example's loss
 depends on the whole batch through the statistics). Pass instead the loss with the
@@ -51,7 +62,7 @@ class PerExampleStats(NamedTuple):
   sq_norms: jax.Array        # [B] |g_i|^2
   mean_dots: jax.Array       # [B] g_i . g, g the mean of the g_i
   direction_dots: jax.Array  # [K, B] g_i . d_k, one row per direction passed
-  sum_sq: Params | None      # sum_i g_i^2 elementwise, like params (None: not asked for)
+  sum_sq_dev: Params | None  # sum_i (g_i - g)^2 elementwise, like params (None: not asked)
   mean_gradient: Params      # g
 
   @property
@@ -85,9 +96,10 @@ def per_example_stats(loss_fn: LossFn, params: Params, batch: Batch, *,
     params: any pytree of floating-point arrays.
     batch: a pytree whose leaves share a leading axis of B >= 2 examples.
     mean_gradient: g, the mean of the per-example gradients, if already known (for a
-      loss that treats examples independently, the minibatch gradient); else computed.
+      loss that treats examples independently, the minibatch gradient); else the mean of
+      the g_i (with several chunks, by a backward pass of its own before them).
     directions: pytrees like `params` to project every g_i on.
-    sum_squares: also accumulate the elementwise sum_i g_i^2 (GSNR, early stopping).
+    sum_squares: also accumulate the elementwise sum_i (g_i - g)^2 (GSNR, early stopping).
     chunk_size: examples differentiated at once (a divisor of B; default B). Peak
       memory holds `chunk_size` gradients.
     unroll: chunks in straight-line code (default on CPU, where XLA runs backward
@@ -110,51 +122,76 @@ def per_example_stats(loss_fn: LossFn, params: Params, batch: Batch, *,
   def example_loss(p: Params, example: Batch) -> jax.Array:
     return loss_fn(p, jax.tree.map(lambda leaf: leaf[None], example))
 
-  if mean_gradient is None:
-    mean_gradient = jax.grad(
-        lambda p: jnp.mean(jax.vmap(example_loss, (None, 0))(p, batch)))(params)
-  vectors = [mean_gradient, *directions]
   value_and_grads = jax.vmap(jax.value_and_grad(example_loss), (None, 0))
+  batch = _whole_on_every_device(batch)
 
-  def reduce_chunk(examples: Batch):
-    losses, grads = value_and_grads(params, examples)
+  def reduce_chunk(losses, grads, mean_gradient):
+    """The chunk's reductions; squares about `mean_gradient` (sum_i d_i and sum_i d_i^2 of
+    d_i = g_i - g, the first ~0, kept to correct for a g that is not the exact mean)."""
     leaves = jax.tree.leaves(grads)
     sq_norms = _batched_sum([jnp.square(g.astype(_acc(g))) for g in leaves])
     dots = jnp.stack([
         _batched_sum([g.astype(_acc(g)) * v.astype(_acc(g))
                       for g, v in zip(leaves, jax.tree.leaves(vector))])
-        for vector in vectors])
-    sum_sq = (jax.tree.map(lambda g: jnp.sum(jnp.square(g.astype(_acc(g))), 0), grads)
-              if sum_squares else None)
-    return losses, sq_norms, dots, sum_sq
+        for vector in (mean_gradient, *directions)])
+    deviations = None
+    if sum_squares:
+      d = jax.tree.map(lambda g, m: g.astype(_acc(g)) - m.astype(_acc(g)), grads, mean_gradient)
+      deviations = (jax.tree.map(lambda x: jnp.sum(x, 0), d),
+                    jax.tree.map(lambda x: jnp.sum(jnp.square(x), 0), d))
+    return losses, sq_norms, dots, deviations
+
+  def chunk_of(k: int) -> Batch:
+    return jax.tree.map(lambda leaf: leaf[k * chunk:(k + 1) * chunk], batch)
 
   if num_chunks == 1:
-    losses, sq_norms, dots, sum_sq = reduce_chunk(batch)
-  elif unroll:
-    parts = [reduce_chunk(jax.tree.map(lambda leaf: leaf[k * chunk:(k + 1) * chunk], batch))
-             for k in range(num_chunks)]
-    losses = jnp.concatenate([p[0] for p in parts])
-    sq_norms = jnp.concatenate([p[1] for p in parts])
-    dots = jnp.concatenate([p[2] for p in parts], axis=1)
-    sum_sq = (jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *[p[3] for p in parts])
-              if sum_squares else None)
+    losses, grads = value_and_grads(params, batch)
+    if mean_gradient is None:  # the mean of the g_i already made: no backward pass of its own
+      mean_gradient = jax.tree.map(lambda g: jnp.mean(g.astype(_acc(g)), 0).astype(g.dtype),
+                                   grads)
+    losses, sq_norms, dots, deviations = reduce_chunk(losses, grads, mean_gradient)
   else:
-    chunks = jax.tree.map(lambda leaf: leaf.reshape((num_chunks, chunk) + leaf.shape[1:]),
-                          batch)
+    if mean_gradient is None:
+      mean_gradient = jax.grad(
+          lambda p: jnp.mean(jax.vmap(example_loss, (None, 0))(p, batch)))(params)
+    if unroll:
+      parts = [reduce_chunk(*value_and_grads(params, chunk_of(k)), mean_gradient)
+               for k in range(num_chunks)]
+      losses = jnp.concatenate([p[0] for p in parts])
+      sq_norms = jnp.concatenate([p[1] for p in parts])
+      dots = jnp.concatenate([p[2] for p in parts], axis=1)
+      deviations = (jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *[p[3] for p in parts])
+                    if sum_squares else None)
+    else:
+      chunks = jax.tree.map(lambda leaf: leaf.reshape((num_chunks, chunk) + leaf.shape[1:]),
+                            batch)
 
-    def body(carry, examples):
-      losses, sq_norms, dots, sum_sq = reduce_chunk(examples)
-      carry = jax.tree.map(jnp.add, carry, sum_sq) if sum_squares else carry
-      return carry, (losses, sq_norms, dots)
+      def body(carry, examples):
+        losses, sq_norms, dots, deviations = reduce_chunk(*value_and_grads(params, examples),
+                                                          mean_gradient)
+        carry = jax.tree.map(jnp.add, carry, deviations) if sum_squares else carry
+        return carry, (losses, sq_norms, dots)
 
-    init = (jax.tree.map(lambda p: jnp.zeros(p.shape, _acc(p)), params)
-            if sum_squares else None)
-    sum_sq, (losses, sq_norms, dots) = jax.lax.scan(body, init, chunks)
-    losses, sq_norms = losses.reshape(size), sq_norms.reshape(size)
-    dots = jnp.moveaxis(dots, 0, 1).reshape(len(vectors), size)
+      zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, _acc(p)), params)  # noqa: E731
+      init = (zeros(), zeros()) if sum_squares else None
+      deviations, (losses, sq_norms, dots) = jax.lax.scan(body, init, chunks)
+      losses, sq_norms = losses.reshape(size), sq_norms.reshape(size)
+      dots = jnp.moveaxis(dots, 0, 1).reshape(1 + len(directions), size)
+  sum_sq_dev = None
+  if sum_squares:  # sum_i (g_i - g)^2 = sum_i d_i^2 - (sum_i d_i)^2 / B, d_i about ~g
+    first, second = deviations
+    sum_sq_dev = jax.tree.map(lambda s1, s2: s2 - jnp.square(s1) / size, first, second)
   return PerExampleStats(losses=losses, sq_norms=sq_norms, mean_dots=dots[0],
-                         direction_dots=dots[1:], sum_sq=sum_sq,
+                         direction_dots=dots[1:], sum_sq_dev=sum_sq_dev,
                          mean_gradient=mean_gradient)
+
+
+def _whole_on_every_device(batch: Batch) -> Batch:
+  """`batch` replicated over the mesh in context, if any (see the module doc: a sharded
+  batch gets wrong per-example convolution gradients)."""
+  if jax.sharding.get_abstract_mesh().size <= 1:
+    return batch
+  return jax.lax.with_sharding_constraint(batch, jax.sharding.PartitionSpec())
 
 
 def _acc(x) -> jnp.dtype:
@@ -189,30 +226,29 @@ def ortho_test(stats: PerExampleStats) -> jax.Array:
 
 
 def _elementwise(stats: PerExampleStats, name: str) -> tuple[jax.Array, jax.Array]:
-  """(g^2, sum_i g_i^2), each flattened over all leaves."""
-  if stats.sum_sq is None:
+  """(g^2, sum_i (g_i - g)^2), each flattened over all leaves."""
+  if stats.sum_sq_dev is None:
     raise ValueError(f"{name} needs the elementwise sum of squares: call "
                      "per_example_stats(..., sum_squares=True)")
   flat = lambda tree: jnp.concatenate([x.reshape(-1).astype(_acc(x))  # noqa: E731
                                        for x in jax.tree.leaves(tree)])
-  return jnp.square(flat(stats.mean_gradient)), flat(stats.sum_sq)
+  return jnp.square(flat(stats.mean_gradient)), flat(stats.sum_sq_dev)
 
 
 def mean_gsnr(stats: PerExampleStats, epsilon: float = 1e-5) -> jax.Array:
   """Mean gradient signal-to-noise ratio over all parameters,
-  mean_j g_j^2 / (sum_i g_ij^2 / B - g_j^2 + epsilon) (Cockpit's, population variance)."""
-  g_sq, sum_sq = _elementwise(stats, "mean_gsnr")
-  return jnp.mean(g_sq / (sum_sq / stats.batch_size - g_sq + epsilon))
+  mean_j g_j^2 / (sum_i (g_ij - g_j)^2 / B + epsilon) (Cockpit's, population variance)."""
+  g_sq, sum_sq_dev = _elementwise(stats, "mean_gsnr")
+  return jnp.mean(g_sq / (sum_sq_dev / stats.batch_size + epsilon))
 
 
 def early_stopping(stats: PerExampleStats, epsilon: float = 1e-5) -> jax.Array:
   """Evidence-based early stopping (Mahsereci et al. 2017, left of eq. 7),
   1 - B mean_j g_j^2 / (S_jj + epsilon): training should stop once it exceeds 0.
   Defined for SGD without momentum."""
-  g_sq, sum_sq = _elementwise(stats, "early_stopping")
+  g_sq, sum_sq_dev = _elementwise(stats, "early_stopping")
   b = stats.batch_size
-  variance = (sum_sq - b * g_sq) / (b - 1)
-  return 1.0 - b * jnp.mean(g_sq / (variance + epsilon))
+  return 1.0 - b * jnp.mean(g_sq / (sum_sq_dev / (b - 1) + epsilon))
 
 
 def cabs_batch_size(stats: PerExampleStats, learning_rate: jax.Array | float) -> jax.Array:

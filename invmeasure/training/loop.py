@@ -216,9 +216,19 @@ def init_state_fn(plan: Plan):
   return jax.jit(plan.task.init_run_state, out_shardings=plan.state_sharding)
 
 
+def train_step_fn(plan: Plan):
+  """The task's train step, traced under the plan's mesh: the per-example instruments
+  inside it take the whole batch on every device (`diagnostics.per_example`: XLA
+  partitions their convolution gradients wrongly over a sharded batch)."""
+  def train_step(state, batch):
+    with jax.sharding.use_abstract_mesh(plan.mesh.abstract_mesh):
+      return plan.task.train_step(state, batch)
+  return train_step
+
+
 def jit_train_step(plan: Plan):
-  """The task's train step, jitted over the plan's mesh; the state's buffers are reused."""
-  return jax.jit(plan.task.train_step, in_shardings=(plan.state_sharding, plan.batch_sharding),
+  """`train_step_fn` jitted over the plan's mesh; the state's buffers are reused."""
+  return jax.jit(train_step_fn(plan), in_shardings=(plan.state_sharding, plan.batch_sharding),
                  out_shardings=(plan.state_sharding, plan.replicated), donate_argnums=0)
 
 
