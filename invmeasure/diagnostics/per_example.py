@@ -12,7 +12,8 @@ Per-example gradients are made a chunk of `chunk_size` examples at a time, reduc
 once and dropped, so memory grows with the chunk, not with B. The elementwise squares are
 summed about g, not about 0: sum_i g_i^2 / B - g^2 loses every digit of a parameter whose
 gradient varies little across examples compared with its mean (GSNR's large terms) in
-float32. With one chunk, g is the mean of the chunk's gradients (no other backward pass).
+float32. g comes from a backward pass of its own when not given: on CPU that is cheaper
+than averaging the g_i already made (XLA fuses neither the average nor squares about it).
 
 From them, with Cockpit's definitions (Schneider, Dangel and Hennig, 2021):
   norm_test   sqrt(tr S / B) / |g|                     Byrd et al. 2012, eq. 3.9
@@ -96,8 +97,8 @@ def per_example_stats(loss_fn: LossFn, params: Params, batch: Batch, *,
     params: any pytree of floating-point arrays.
     batch: a pytree whose leaves share a leading axis of B >= 2 examples.
     mean_gradient: g, the mean of the per-example gradients, if already known (for a
-      loss that treats examples independently, the minibatch gradient); else the mean of
-      the g_i (with several chunks, by a backward pass of its own before them).
+      loss that treats examples independently, the minibatch gradient); else computed.
+      The squares are summed about it (a g off the mean by e adds B e^2 to them).
     directions: pytrees like `params` to project every g_i on.
     sum_squares: also accumulate the elementwise sum_i (g_i - g)^2 (GSNR, early stopping).
     chunk_size: examples differentiated at once (a divisor of B; default B). Peak
@@ -125,62 +126,48 @@ def per_example_stats(loss_fn: LossFn, params: Params, batch: Batch, *,
   value_and_grads = jax.vmap(jax.value_and_grad(example_loss), (None, 0))
   batch = _whole_on_every_device(batch)
 
-  def reduce_chunk(losses, grads, mean_gradient):
-    """The chunk's reductions; squares about `mean_gradient` (sum_i d_i and sum_i d_i^2 of
-    d_i = g_i - g, the first ~0, kept to correct for a g that is not the exact mean)."""
+  if mean_gradient is None:  # a backward pass of its own: cheaper on CPU than the g_i's mean
+    mean_gradient = jax.grad(
+        lambda p: jnp.mean(jax.vmap(example_loss, (None, 0))(p, batch)))(params)
+  vectors = [mean_gradient, *directions]
+
+  def reduce_chunk(examples: Batch):
+    losses, grads = value_and_grads(params, examples)
     leaves = jax.tree.leaves(grads)
     sq_norms = _batched_sum([jnp.square(g.astype(_acc(g))) for g in leaves])
     dots = jnp.stack([
         _batched_sum([g.astype(_acc(g)) * v.astype(_acc(g))
                       for g, v in zip(leaves, jax.tree.leaves(vector))])
-        for vector in (mean_gradient, *directions)])
-    deviations = None
-    if sum_squares:
-      d = jax.tree.map(lambda g, m: g.astype(_acc(g)) - m.astype(_acc(g)), grads, mean_gradient)
-      deviations = (jax.tree.map(lambda x: jnp.sum(x, 0), d),
-                    jax.tree.map(lambda x: jnp.sum(jnp.square(x), 0), d))
-    return losses, sq_norms, dots, deviations
-
-  def chunk_of(k: int) -> Batch:
-    return jax.tree.map(lambda leaf: leaf[k * chunk:(k + 1) * chunk], batch)
+        for vector in vectors])
+    sum_sq_dev = (jax.tree.map(lambda g, m: jnp.sum(jnp.square(g.astype(_acc(g))
+                                                               - m.astype(_acc(g))), 0),
+                               grads, mean_gradient) if sum_squares else None)
+    return losses, sq_norms, dots, sum_sq_dev
 
   if num_chunks == 1:
-    losses, grads = value_and_grads(params, batch)
-    if mean_gradient is None:  # the mean of the g_i already made: no backward pass of its own
-      mean_gradient = jax.tree.map(lambda g: jnp.mean(g.astype(_acc(g)), 0).astype(g.dtype),
-                                   grads)
-    losses, sq_norms, dots, deviations = reduce_chunk(losses, grads, mean_gradient)
+    losses, sq_norms, dots, sum_sq_dev = reduce_chunk(batch)
+  elif unroll:
+    parts = [reduce_chunk(jax.tree.map(lambda leaf: leaf[k * chunk:(k + 1) * chunk], batch))
+             for k in range(num_chunks)]
+    losses = jnp.concatenate([p[0] for p in parts])
+    sq_norms = jnp.concatenate([p[1] for p in parts])
+    dots = jnp.concatenate([p[2] for p in parts], axis=1)
+    sum_sq_dev = (jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *[p[3] for p in parts])
+                  if sum_squares else None)
   else:
-    if mean_gradient is None:
-      mean_gradient = jax.grad(
-          lambda p: jnp.mean(jax.vmap(example_loss, (None, 0))(p, batch)))(params)
-    if unroll:
-      parts = [reduce_chunk(*value_and_grads(params, chunk_of(k)), mean_gradient)
-               for k in range(num_chunks)]
-      losses = jnp.concatenate([p[0] for p in parts])
-      sq_norms = jnp.concatenate([p[1] for p in parts])
-      dots = jnp.concatenate([p[2] for p in parts], axis=1)
-      deviations = (jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *[p[3] for p in parts])
-                    if sum_squares else None)
-    else:
-      chunks = jax.tree.map(lambda leaf: leaf.reshape((num_chunks, chunk) + leaf.shape[1:]),
-                            batch)
+    chunks = jax.tree.map(lambda leaf: leaf.reshape((num_chunks, chunk) + leaf.shape[1:]),
+                          batch)
 
-      def body(carry, examples):
-        losses, sq_norms, dots, deviations = reduce_chunk(*value_and_grads(params, examples),
-                                                          mean_gradient)
-        carry = jax.tree.map(jnp.add, carry, deviations) if sum_squares else carry
-        return carry, (losses, sq_norms, dots)
+    def body(carry, examples):
+      losses, sq_norms, dots, sum_sq_dev = reduce_chunk(examples)
+      carry = jax.tree.map(jnp.add, carry, sum_sq_dev) if sum_squares else carry
+      return carry, (losses, sq_norms, dots)
 
-      zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, _acc(p)), params)  # noqa: E731
-      init = (zeros(), zeros()) if sum_squares else None
-      deviations, (losses, sq_norms, dots) = jax.lax.scan(body, init, chunks)
-      losses, sq_norms = losses.reshape(size), sq_norms.reshape(size)
-      dots = jnp.moveaxis(dots, 0, 1).reshape(1 + len(directions), size)
-  sum_sq_dev = None
-  if sum_squares:  # sum_i (g_i - g)^2 = sum_i d_i^2 - (sum_i d_i)^2 / B, d_i about ~g
-    first, second = deviations
-    sum_sq_dev = jax.tree.map(lambda s1, s2: s2 - jnp.square(s1) / size, first, second)
+    init = (jax.tree.map(lambda p: jnp.zeros(p.shape, _acc(p)), params)
+            if sum_squares else None)
+    sum_sq_dev, (losses, sq_norms, dots) = jax.lax.scan(body, init, chunks)
+    losses, sq_norms = losses.reshape(size), sq_norms.reshape(size)
+    dots = jnp.moveaxis(dots, 0, 1).reshape(len(vectors), size)
   return PerExampleStats(losses=losses, sq_norms=sq_norms, mean_dots=dots[0],
                          direction_dots=dots[1:], sum_sq_dev=sum_sq_dev,
                          mean_gradient=mean_gradient)
