@@ -84,12 +84,13 @@ def dimensions(data: bytes) -> tuple[int, int]:
   return height, width
 
 
-def decode(data: bytes, reduce: int = 1) -> np.ndarray | None:
+def decode(data: bytes, reduce: int = 1,
+           size: tuple[int, int] | None = None) -> np.ndarray | None:
   """[H, W, 3] uint8 RGB of encoded bytes, whatever the file holds (ImageNet has CMYK and
   grayscale JPEGs, and a PNG); a JPEG at 1/`reduce` size (1, 2, 4 or 8); None when the
-  bytes cannot be decoded."""
+  bytes cannot be decoded. `size` is (height, width) when the header was read already."""
   try:
-    height, width = dimensions(data)
+    height, width = size or dimensions(data)
     # The smallest of libjpeg-turbo's scales M/8 at least these sizes: exactly 1/reduce.
     return simplejpeg.decode_jpeg(data, "RGB", fastdct=True, min_height=-(-height // reduce),
                                   min_width=-(-width // reduce))
@@ -115,7 +116,7 @@ def crop(data: bytes | np.ndarray, window_fn, size: int = IMAGE_SIZE,
     window, flip = window_fn(height, width)
     factor = min(window.height, window.width) / size
     reduce = next((r for r in (8, 4, 2) if factor >= r), 1)
-    pixels = decode(data, reduce)
+    pixels = decode(data, reduce, (height, width))
     if pixels is None:
       raise ValueError(f"cannot decode this image ({len(data)} bytes, {width}x{height} by "
                        "its header)")
